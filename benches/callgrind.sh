@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Instructions per 32-byte alloc+free pair (64 blocks live), per allocator, from callgrind:
+# runs `pairs` with N and 2N pairs and divides the difference by N, so start-up cancels out.
+# Usage: benches/callgrind.sh [N]     (needs valgrind; builds the release binary first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-200000}
+cargo build -q --release -p ctxalloc-benches --bin pairs
+bin=target/release/pairs
+count() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$@" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'; }
+printf '%-22s %s\n' allocator "instructions per alloc+free pair"
+for a in floor ctxalloc "ctxalloc scope" mimalloc jemalloc system; do
+  set -- $a
+  one=$(count "$1" "$N" ${2:+$2})
+  two=$(count "$1" $((2 * N)) ${2:+$2})
+  printf '%-22s %s\n' "$a${2:+ (inside NOFS|NOIO)}" "$(( (two - one) / N ))"
+done

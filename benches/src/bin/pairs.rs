@@ -1,0 +1,77 @@
+//! `pairs <allocator> <n>`: `n` alloc+free pairs of 32 bytes with 64 blocks kept live, for
+//! counting instructions under callgrind (`benches/callgrind.sh` runs it twice and takes the
+//! difference, so start-up cancels out).
+
+use ctxalloc_benches::{with_allocator, Called};
+use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+
+#[inline(never)]
+fn run<A: GlobalAlloc>(a: &Called<A>, n: usize) {
+    let l = Layout::from_size_align(32, 8).unwrap();
+    let mut live = [std::ptr::null_mut(); 64];
+    for p in live.iter_mut() {
+        // SAFETY: non-zero size.
+        *p = unsafe { a.alloc(l) };
+    }
+    for i in 0..n {
+        // SAFETY: `live` holds blocks of `l`; each freed block is replaced.
+        unsafe {
+            // The layout is opaque to the optimiser, as at a real `__rust_alloc` call site.
+            let q = a.alloc(black_box(l));
+            a.dealloc(live[i % 64], black_box(l));
+            live[i % 64] = black_box(q);
+        }
+    }
+    for p in live {
+        // SAFETY: live blocks of `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+}
+
+/// The floor: a thread-local intrusive free list of 32-byte blocks carved from a static arena,
+/// no size classes, no ownership — what the harness costs around the cheapest possible
+/// allocator (`floor` in the table).
+struct Floor;
+
+thread_local! {
+    static FLOOR_FREE: std::cell::Cell<*mut u8> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+// SAFETY: hands out distinct 32-byte blocks (the workload never asks for more); test use only.
+unsafe impl GlobalAlloc for Floor {
+    #[inline]
+    unsafe fn alloc(&self, _l: Layout) -> *mut u8 {
+        FLOOR_FREE.with(|f| {
+            let p = f.get();
+            if p.is_null() {
+                // A fresh block; only the warm-up gets here.
+                return Box::into_raw(Box::new([0u64; 4])).cast();
+            }
+            // SAFETY: blocks on the list store the next pointer in their first word.
+            f.set(unsafe { p.cast::<*mut u8>().read() });
+            p
+        })
+    }
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, _l: Layout) {
+        FLOOR_FREE.with(|f| {
+            // SAFETY: a 32-byte block this allocator handed out.
+            unsafe { p.cast::<*mut u8>().write(f.get()) };
+            f.set(p);
+        })
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_else(|| "ctxalloc".into());
+    let n: usize = args.next().map_or(1_000_000, |s| s.parse().expect("n"));
+    let scope = args.next().is_some_and(|s| s == "scope");
+    let _g = scope.then(|| ctxalloc::scope(ctxalloc::Gfp::NOFS | ctxalloc::Gfp::NOIO));
+    if which == "floor" {
+        run(&Called(Floor), n);
+        return;
+    }
+    with_allocator!(which.as_str(), |a| run(a, n));
+}

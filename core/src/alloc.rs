@@ -1,0 +1,485 @@
+//! `Core`: the allocator's shared state and its entry points — the fast paths, dispatch between
+//! slab and vmap, realloc, per-call flags, thread exit, `fork`, trimming.
+//!
+//! Dispatch is by layout and deterministic: a layout some size class can serve (size ≤
+//! [`SLAB_MAX`], alignment a class has) lives in the slab, every other in vmap. The `Layout` that
+//! `dealloc` and `realloc` receive is the one the block was allocated (or last reallocated) with,
+//! so a free always reaches the backend that owns the pointer.
+
+use crate::gfp::{Effective, Gfp};
+use crate::page::Accounting;
+use crate::platform::{ThreadCtx, ThreadState};
+use crate::report::{report, RateLimit};
+use crate::scope::{Cookie, Mispair};
+use crate::size_class::{class_for, class_size, small_class, MIN_ALIGN, SLAB_MAX, SMALL_MAX};
+use crate::slab::abandon::{Abandoned, HeapPool, OrphanSlot};
+use crate::slab::heap::{pop, Heap};
+use crate::slab::remote::Block;
+use crate::slab::segment::PageHeap;
+use crate::stats::{Bytes, Counters};
+use crate::sync::{Ordering, SpinGuard, SpinLock};
+use crate::vmap::Registry;
+use crate::Platform;
+use core::alloc::Layout;
+use core::fmt;
+use core::panic::Location;
+use core::ptr::{self, NonNull};
+
+/// The allocator: one per process (std) or per kernel, usually in a `static`.
+///
+/// Locks, in the order they nest: `orphan` → `heaps` → `abandoned` → `vmap` → `pages`. None is
+/// held across a call that could reclaim, wait, or allocate through the global allocator.
+///
+/// ```
+/// # #[cfg(feature = "mock")] {
+/// use ctxalloc_core::{mock::MockPlatform, Core, Gfp};
+/// use core::alloc::Layout;
+/// let core = Core::new(MockPlatform::new(64 << 20));
+/// let l = Layout::from_size_align(100, 8).unwrap();
+/// unsafe {
+///     let p = core.alloc(l);
+///     assert!(!p.is_null());
+///     p.write_bytes(7, 100);
+///     core.dealloc(p, l);
+/// }
+/// let q = core.alloc_with(Layout::new::<[u64; 4]>(), Gfp::ZERO | Gfp::NOFS).unwrap();
+/// assert_eq!(unsafe { q.cast::<[u64; 4]>().read() }, [0; 4]);
+/// # }
+/// ```
+pub struct Core<P: Platform> {
+    /// The environment. Immutable.
+    pub(crate) platform: P,
+    /// Bytes from the page source. Atomic.
+    pub(crate) acct: Accounting,
+    /// Segments and spans.
+    pub(crate) pages: SpinLock<PageHeap>,
+    /// Pages of exited threads.
+    pub(crate) abandoned: SpinLock<Abandoned>,
+    /// Heaps not owned by a thread, and every heap.
+    pub(crate) heaps: SpinLock<HeapPool>,
+    /// The heap of exited threads.
+    pub(crate) orphan: SpinLock<OrphanSlot>,
+    /// Live vmap areas.
+    pub(crate) vmap: SpinLock<Registry>,
+    /// Statistics. Atomic.
+    pub(crate) counters: Counters,
+    /// Allocation-failure reports: one per 10 s (R5.12).
+    fail_reports: RateLimit,
+}
+
+/// An allocation failed: no memory could be had in the allocation's context, or the layout is
+/// impossible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AllocError;
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("memory allocation failed")
+    }
+}
+
+impl core::error::Error for AllocError {}
+
+/// Failure reports go out at most this often.
+const FAIL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
+
+impl<P: Platform> Core<P> {
+    /// An allocator over `platform`; nothing is mapped until the first allocation.
+    pub const fn new(platform: P) -> Self {
+        Core {
+            platform,
+            acct: Accounting::new(),
+            pages: SpinLock::new(PageHeap::new()),
+            abandoned: SpinLock::new(Abandoned::new()),
+            heaps: SpinLock::new(HeapPool::new()),
+            orphan: SpinLock::new(OrphanSlot(ptr::null_mut())),
+            vmap: SpinLock::new(Registry::new()),
+            counters: Counters::new(),
+            fail_reports: RateLimit::new(),
+        }
+    }
+
+    /// The platform.
+    #[inline]
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    #[inline]
+    pub(crate) fn lock<'a, T>(&'a self, l: &'a SpinLock<T>) -> SpinGuard<'a, T> {
+        l.lock_with(|| self.platform.relax())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Fast paths
+    // ---------------------------------------------------------------------------------------
+
+    /// Allocates a block for `layout` (`GlobalAlloc::alloc`): null if no memory can be had.
+    ///
+    /// The fast path: one thread-local load, one table lookup, one page load, one list pop. It
+    /// never reads the context word — context matters only when new memory is needed.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc` (a zero size is allowed and returns a minimal block).
+    #[inline(always)]
+    pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size();
+        if size <= SMALL_MAX && layout.align() <= MIN_ALIGN {
+            // SAFETY: a small class serves this size at the minimum alignment.
+            return unsafe { self.alloc_class(small_class(size), size, Gfp::KERNEL) };
+        }
+        // SAFETY: forwarded.
+        unsafe { self.alloc_other(layout, Gfp::KERNEL) }
+    }
+
+    /// Frees a block (`GlobalAlloc::dealloc`).
+    ///
+    /// The fast path: page lookup by address, owner check, push on the page's local free list.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`: `ptr` came from this allocator with this `layout` (or the
+    /// layout of its last realloc).
+    #[inline(always)]
+    pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.size() <= SLAB_MAX && layout.align() <= MIN_ALIGN {
+            // SAFETY: such a layout always lives in the slab.
+            unsafe { self.slab_free(ptr) }
+        } else {
+            // SAFETY: forwarded.
+            unsafe { self.dealloc_other(ptr, layout) }
+        }
+    }
+
+    /// Allocates a zeroed block (`GlobalAlloc::alloc_zeroed`). Fresh memory is known to be zero
+    /// and is not cleared again.
+    ///
+    /// # Safety
+    /// As [`alloc`](Self::alloc).
+    #[inline]
+    pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { self.alloc_gfp(layout, Gfp::ZERO) }
+    }
+
+    /// Pops a block of `class`, or takes the slow path.
+    ///
+    /// # Safety
+    /// `class` serves `size` at the caller's alignment.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_class(&self, class: usize, size: usize, call: Gfp) -> *mut u8 {
+        let t = self.platform.thread();
+        // SAFETY: the platform hands out the calling thread's context, whose heap is live or
+        // the empty heap; the empty heap's pages never have a free block.
+        unsafe {
+            let heap = (*t).heap.get();
+            let page = Heap::direct(heap, class);
+            if !(*page).free.is_null() {
+                return pop(page, size, call.contains(Gfp::ZERO));
+            }
+            self.alloc_slow(t, class, size, call)
+        }
+    }
+
+    /// Frees a slab block.
+    ///
+    /// # Safety
+    /// `ptr` is a live slab block.
+    #[inline(always)]
+    pub(crate) unsafe fn slab_free(&self, ptr: *mut u8) {
+        let addr = ptr.addr();
+        // SAFETY: a live block keeps its page and segment live; the platform hands out the
+        // calling thread's context. The block pointer is rebuilt from the mapping's provenance,
+        // not the caller's (which may be narrower).
+        unsafe {
+            let page = self.page_of(addr);
+            let block = self.platform.ptr_from_addr(addr).cast::<Block>();
+            let heap = (*self.platform.thread()).heap.get();
+            if (*page).owner.load(Ordering::Relaxed) == heap {
+                Block::set_next(block, (*page).local_free);
+                (*page).local_free = block;
+                (*page).used -= 1;
+                if (*page).used == 0 {
+                    self.page_retire(heap, page);
+                }
+                return;
+            }
+            self.free_slow(page, block);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Dispatch
+    // ---------------------------------------------------------------------------------------
+
+    /// Allocation for layouts off the fast path: medium sizes, large alignments, vmap.
+    ///
+    /// # Safety
+    /// As [`alloc`](Self::alloc).
+    #[inline(never)]
+    unsafe fn alloc_other(&self, layout: Layout, call: Gfp) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { self.alloc_gfp(layout, call) }
+    }
+
+    /// Allocation with per-call flags, any layout.
+    ///
+    /// # Safety
+    /// As [`alloc`](Self::alloc).
+    #[track_caller]
+    pub(crate) unsafe fn alloc_gfp(&self, layout: Layout, call: Gfp) -> *mut u8 {
+        match class_for(layout.size(), layout.align()) {
+            // SAFETY: the class serves the layout.
+            Some(class) => unsafe { self.alloc_class(class, layout.size(), call) },
+            // SAFETY: forwarded.
+            None => unsafe { self.vmap_alloc(layout, call) },
+        }
+    }
+
+    /// Frees a block whose layout is off the fast path.
+    ///
+    /// # Safety
+    /// As [`dealloc`](Self::dealloc).
+    #[inline(never)]
+    unsafe fn dealloc_other(&self, ptr: *mut u8, layout: Layout) {
+        match class_for(layout.size(), layout.align()) {
+            // SAFETY: the layout lives in the slab.
+            Some(_) => unsafe { self.slab_free(ptr) },
+            // SAFETY: the layout lives in vmap.
+            None => unsafe { self.vmap_free(ptr, layout) },
+        }
+    }
+
+    /// Allocates with per-call flags (`ctxalloc::alloc_with`): the flags are united with the
+    /// thread's context word whenever new memory is needed.
+    ///
+    /// # Errors
+    /// [`AllocError`] when no memory can be had in the effective context, or the layout is
+    /// impossible.
+    #[track_caller]
+    pub fn alloc_with(&self, layout: Layout, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        // SAFETY: any layout is acceptable; the result is a fresh block or null.
+        NonNull::new(unsafe { self.alloc_gfp(layout, gfp) }).ok_or(AllocError)
+    }
+
+    /// Resizes a block (`GlobalAlloc::realloc`): in place when the new size still fits the slab
+    /// block without wasting half of it, or when vmap can resize the mapping; otherwise allocate,
+    /// copy, free. On failure returns null and the old block is untouched.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`.
+    #[inline]
+    pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { self.realloc_gfp(ptr, layout, new_size, Gfp::KERNEL) }
+    }
+
+    /// [`realloc`](Self::realloc) with per-call flags.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`; `new_size` rounded up to `layout.align()` must not overflow
+    /// `isize`.
+    pub unsafe fn realloc_gfp(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
+        let align = layout.align();
+        match (class_for(layout.size(), align), class_for(new_size, align)) {
+            (Some(_), Some(new_class)) => {
+                // SAFETY: a live slab block.
+                let block = unsafe { (*self.page_of(ptr.addr())).block_size } as usize;
+                if new_size <= block && class_size(new_class) * 2 >= block {
+                    return ptr;
+                }
+            }
+            (None, None) => {
+                // SAFETY: a live vmap area of `layout`, resized to another vmap size.
+                let p = unsafe { self.vmap_resize(ptr, layout, new_size) };
+                if !p.is_null() {
+                    return p;
+                }
+            }
+            _ => {}
+        }
+        // SAFETY: the caller guarantees the new layout is valid.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc_gfp(new_layout, call - Gfp::ZERO) };
+        if !p.is_null() {
+            // SAFETY: both blocks are live and distinct; the old one is at least `layout.size()`.
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        p
+    }
+
+    /// The number of bytes usable at `ptr`, a live block of `layout` (at least `layout.size()`).
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this allocator with `layout`.
+    pub unsafe fn usable_size(&self, ptr: *const u8, layout: Layout) -> usize {
+        match class_for(layout.size(), layout.align()) {
+            // SAFETY: a live slab block.
+            Some(_) => unsafe { (*self.page_of(ptr.addr())).block_size as usize },
+            None => self.vmap_usable(ptr),
+        }
+    }
+
+    /// Reports a failed allocation (unless NOWARN; at most once per 10 s) and returns null.
+    #[cold]
+    pub(crate) fn alloc_failed(&self, size: usize, eff: Effective) -> *mut u8 {
+        self.counters.alloc_failures.fetch_add(1, Ordering::Relaxed);
+        if eff.warn() {
+            if let Some(suppressed) = self.fail_reports.allow(self.platform.now_ns(), FAIL_REPORT_INTERVAL_NS)
+            {
+                let why =
+                    if eff.nofail_denied() { " (NOFAIL cannot be honoured under NORECLAIM)" } else { "" };
+                report(
+                    &self.platform,
+                    format_args!(
+                        "ctxalloc: allocation of {size} bytes failed in context {}{why}; usage {} \
+                         ({suppressed} similar reports suppressed)",
+                        eff.gfp(),
+                        Bytes(self.acct.usage() as u64),
+                    ),
+                );
+            }
+        }
+        ptr::null_mut()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Context
+    // ---------------------------------------------------------------------------------------
+
+    /// The calling thread's context.
+    #[inline(always)]
+    fn thread(&self) -> &ThreadCtx {
+        // SAFETY: the platform hands out the calling thread's context, valid while it runs.
+        unsafe { &*self.platform.thread() }
+    }
+
+    /// The calling thread's context word.
+    #[inline]
+    pub fn current(&self) -> Gfp {
+        self.thread().scope.current()
+    }
+
+    /// The effective context an allocation with `call` flags would have here.
+    #[inline]
+    pub fn effective(&self, call: Gfp) -> Effective {
+        Effective::new(call, self.current())
+    }
+
+    /// Opens a scope on the calling thread (see [`ScopeState::save`](crate::ScopeState::save)).
+    #[inline]
+    pub fn scope_save(&self, flags: Gfp, at: &'static Location<'static>) -> Cookie {
+        self.thread().scope.save(flags, at)
+    }
+
+    /// Closes a scope on the calling thread; a restore out of order is reported (debug builds).
+    #[inline]
+    pub fn scope_restore(&self, cookie: Cookie) {
+        self.thread().scope.restore(cookie, |m| self.mispair(m));
+    }
+
+    #[cold]
+    pub(crate) fn mispair(&self, m: Mispair) {
+        self.counters.scope_mispairs.fetch_add(1, Ordering::Relaxed);
+        report(&self.platform, format_args!("{m}"));
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Accounting, trimming, thread exit, fork
+    // ---------------------------------------------------------------------------------------
+
+    /// Bytes obtained from the page source and not given back.
+    #[inline]
+    pub fn usage(&self) -> usize {
+        self.acct.usage()
+    }
+
+    /// Gives back what the allocator keeps only to go faster: the calling thread's empty pages,
+    /// the spare segment, and the physical memory of free slices.
+    pub fn trim(&self) {
+        let heap = self.thread().heap.get();
+        if heap != Heap::empty() {
+            // SAFETY: the calling thread's live heap.
+            unsafe { self.heap_trim(heap) };
+        }
+        self.pages_trim();
+    }
+
+    /// Call when the calling thread exits (the std shim does, from a thread-local destructor):
+    /// its pages go to the abandoned lists, its heap back to the pool. Allocations the thread
+    /// still makes afterwards (from later destructors) use the shared orphan heap; its frees
+    /// keep working.
+    pub fn thread_exit(&self) {
+        let t = self.thread();
+        let heap = t.heap.get();
+        t.state.set(ThreadState::Exited as u8);
+        if heap != Heap::empty() {
+            t.heap.set(Heap::empty());
+            // SAFETY: the heap was this thread's; no one else uses it.
+            unsafe {
+                self.heap_abandon(heap);
+                self.heap_release(heap);
+            }
+        }
+    }
+
+    /// `pthread_atfork` prepare: takes every lock, in order, so that no other thread holds one
+    /// when the process forks.
+    pub fn fork_prepare(&self) {
+        core::mem::forget(self.lock(&self.orphan));
+        core::mem::forget(self.lock(&self.heaps));
+        core::mem::forget(self.lock(&self.abandoned));
+        core::mem::forget(self.lock(&self.vmap));
+        core::mem::forget(self.lock(&self.pages));
+    }
+
+    /// `pthread_atfork` parent: releases what [`fork_prepare`](Self::fork_prepare) took.
+    ///
+    /// # Safety
+    /// The calling thread ran `fork_prepare` and has not released the locks since.
+    pub unsafe fn fork_parent(&self) {
+        // SAFETY: per the contract.
+        unsafe { self.release_all() }
+    }
+
+    /// `pthread_atfork` child: releases the locks and abandons the heaps of the threads that do
+    /// not exist in the child, so their pages can be freed into and reused.
+    ///
+    /// # Safety
+    /// Called in the child of `fork`, on its only thread, which ran `fork_prepare` before forking.
+    pub unsafe fn fork_child(&self) {
+        // SAFETY: per the contract.
+        unsafe { self.release_all() };
+        let me = self.thread().heap.get();
+        let orphan = self.lock(&self.orphan).0;
+        let mut h = self.lock(&self.heaps).all;
+        while !h.is_null() {
+            // SAFETY: heaps are never unmapped; the child has one thread, so no heap but ours is
+            // in use and `all_next` is immutable.
+            unsafe {
+                let next = (*h).all_next;
+                if (*h).live && h != me && h != orphan {
+                    self.heap_abandon(h);
+                    self.heap_release(h);
+                }
+                h = next;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The calling thread holds every lock through forgotten guards.
+    unsafe fn release_all(&self) {
+        // SAFETY: per the contract.
+        unsafe {
+            self.pages.unlock_forgotten();
+            self.vmap.unlock_forgotten();
+            self.abandoned.unlock_forgotten();
+            self.heaps.unlock_forgotten();
+            self.orphan.unlock_forgotten();
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! # ctxalloc-core
+//!
+//! The `no_std` core of ctxalloc: an allocator whose allocations obey the *context* they run in —
+//! the Linux kernel's scoped allocation model (`memalloc_nofs_save()` and friends) for Rust, where
+//! `GlobalAlloc` has no flags argument. Everything here is generic over a [`Platform`]; the std
+//! shim (crate `ctxalloc`) and the kernel shim (crate `ctxalloc-kernel`) are thin layers over it.
+//!
+//! ## Layers
+//!
+//! ```text
+//!  gfp, scope        flags, the effective-context rule, the context word and its scopes
+//!  size_class        16 B … 64 KiB, eight classes per doubling
+//!  slab::remote      the lock-free remote-free list                   (loom-checked)
+//!  slab::page        one slab page and its three free lists
+//!  slab::segment     the page heap: 4 MiB segments, 64 KiB slices, commit/purge accounting
+//!  slab::heap        per-thread heaps: fast paths, page queues, retire, remote free
+//!  slab::abandon     pages of exited threads, the heap pool
+//!  vmap              page-granular large areas and their registry
+//!  page              the page-source layer and accounting (usage)
+//!  alloc             `Core`: entry points, dispatch, realloc, thread exit, fork
+//!  platform          what a shim provides
+//! ```
+//!
+//! ## A first allocation, step by step
+//!
+//! 1. `Core::alloc(Layout { size: 24, align: 8 })`: size ≤ 1 KiB and align ≤ 16, so one table
+//!    lookup gives class 1 (32 B).
+//! 2. [`Platform::thread`] returns the thread's [`ThreadCtx`]; its heap is the static empty heap,
+//!    whose `direct[1]` is the static empty page, whose `free` list is null: no special
+//!    "initialised?" test was needed to get here — the ordinary "list empty" test sends us on.
+//! 3. The slow path sees the empty heap and the thread's state *New*: it takes a heap from the
+//!    pool (mapping 64 KiB of heaps the first time) and tells the platform, which registers the
+//!    thread-exit hook.
+//! 4. The heap's queue for class 1 is empty, no full page received frees, no abandoned page of
+//!    class 1 exists: a fresh page is needed, and *only now* is the context word read — the
+//!    effective context (call flags ∪ word) is what the page heap charges memory under.
+//! 5. The page heap has no segment: it maps 4 MiB aligned to 4 MiB, charges the header, hands
+//!    out slice 1 as a page of 2048 blocks of 32 B and records it in the segment's slice map.
+//! 6. 128 blocks (4 KiB) are carved onto the page's `free` list; the first is popped and returned.
+//!    The next 127 allocations of class 1 are each: TLS load, table load, page load, list pop.
+//! 7. Freeing: `addr & !(4 MiB − 1)` is the segment, `(addr >> 16) & 63` its slice-map index,
+//!    the page's `owner` is our heap, so the block goes on the page's `local_free` list. Another
+//!    thread freeing it would push it on the page's atomic remote list instead.
+//!
+//! ## Testing the core
+//!
+//! The `mock` feature provides [`mock::MockPlatform`], an in-memory platform with injectable
+//! failures, under which the core runs under miri with strict provenance.
+
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(any(test, feature = "mock", loom))]
+extern crate std;
+
+#[cfg(not(loom))]
+mod alloc;
+#[cfg(not(loom))]
+mod gfp;
+#[cfg(all(any(test, feature = "mock"), not(loom)))]
+pub mod mock;
+#[cfg(not(loom))]
+mod page;
+#[cfg(not(loom))]
+mod platform;
+#[cfg(not(loom))]
+pub mod report;
+#[cfg(not(loom))]
+mod scope;
+#[cfg(not(loom))]
+pub mod size_class;
+#[cfg(not(loom))]
+mod slab;
+#[cfg(not(loom))]
+mod stats;
+mod sync;
+#[cfg(all(test, not(loom)))]
+mod tests;
+#[cfg(not(loom))]
+mod vmap;
+
+/// Under loom only the lock-free structures are compiled.
+#[cfg(loom)]
+#[allow(dead_code)]
+mod slab {
+    #[path = "remote.rs"]
+    pub(crate) mod remote;
+}
+
+#[cfg(not(loom))]
+pub use alloc::{AllocError, Core};
+#[cfg(not(loom))]
+pub use gfp::{Effective, Gfp, ReclaimClass, Reserve};
+#[cfg(not(loom))]
+pub use platform::{Platform, ThreadCtx};
+#[cfg(not(loom))]
+pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
+#[cfg(not(loom))]
+pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
+#[cfg(not(loom))]
+pub use stats::Stats;
+#[cfg(not(loom))]
+pub use sync::{SpinGuard, SpinLock};

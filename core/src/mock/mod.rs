@@ -1,0 +1,305 @@
+//! A deterministic in-memory [`Platform`] for tests, fuzzing and miri: one arena, a page bitmap,
+//! injectable page-source failures, captured reports, a clock that ticks per call.
+//!
+//! Pointers are rebuilt from the arena's base pointer ([`Platform::ptr_from_addr`]), so miri's
+//! strict provenance and Stacked Borrows checks stay on for the whole core.
+//!
+//! It uses `std` (thread-locals, a mutex); the rest of the crate does not.
+
+pub mod model;
+
+use crate::gfp::Gfp;
+use crate::platform::{Platform, ThreadCtx};
+use crate::slab::SEGMENT_SIZE;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::boxed::Box;
+use std::cell::RefCell;
+use std::string::String;
+use std::sync::Mutex;
+use std::vec::Vec;
+
+const PAGE: usize = 4096;
+
+/// The mock platform. See the module documentation.
+///
+/// ```
+/// use ctxalloc_core::{mock::MockPlatform, Core};
+/// use core::alloc::Layout;
+/// let core = Core::new(MockPlatform::new(16 << 20));
+/// let l = Layout::from_size_align(1 << 20, 8).unwrap(); // a vmap area
+/// let p = unsafe { core.alloc(l) };
+/// assert!(!p.is_null());
+/// assert!(core.usage() >= 1 << 20);
+/// unsafe { core.dealloc(p, l) };
+/// ```
+pub struct MockPlatform {
+    /// Start of the arena: every pointer the core gets derives from it.
+    base: NonNull<u8>,
+    /// Arena length in bytes.
+    len: usize,
+    /// One bit per page: mapped.
+    mapped: Mutex<Vec<u64>>,
+    /// Pages mapped now, and the most ever.
+    mapped_pages: AtomicUsize,
+    /// Fail this many `map` calls before succeeding again.
+    fail_maps: AtomicUsize,
+    /// Fail every `map` while set.
+    fail_all: core::sync::atomic::AtomicBool,
+    /// Reports written so far.
+    reports: Mutex<Vec<String>>,
+    /// The context word of the calling thread at each successful `map`.
+    map_contexts: Mutex<Vec<Gfp>>,
+    /// Echo reports to stderr.
+    echo: bool,
+    /// Ticks 1 ms per `now_ns` call.
+    clock: AtomicU64,
+    /// Distinguishes mock instances in the per-thread context table.
+    id: usize,
+}
+
+// SAFETY: the arena pointer is only used to derive pointers; all mutable state is atomic or
+// behind a mutex.
+unsafe impl Sync for MockPlatform {}
+// SAFETY: as above.
+unsafe impl Send for MockPlatform {}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+std::thread_local! {
+    /// This thread's context for each mock instance it has used.
+    static CONTEXTS: RefCell<Vec<(usize, Box<ThreadCtx>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zeroed arena of a dropped instance.
+struct Arena(NonNull<u8>, usize);
+
+// SAFETY: an arena nobody uses; only its owner (the cache, then one instance) touches it.
+unsafe impl Send for Arena {}
+
+/// Zeroed arenas of dropped instances, reused by the next `new` of the same size: a fuzzer
+/// creating an instance per input then pays no fresh-memory page faults. A global (not a
+/// thread-local) so leak checkers see the arenas as reachable.
+static ARENAS: Mutex<Vec<Arena>> = Mutex::new(Vec::new());
+
+/// Keep at most this many zeroed arenas.
+const CACHED_ARENAS: usize = 2;
+
+impl MockPlatform {
+    /// An arena of `len` bytes (rounded up to a segment), aligned to a segment.
+    pub fn new(len: usize) -> Self {
+        let len = len.next_multiple_of(SEGMENT_SIZE);
+        let cached = {
+            let mut a = ARENAS.lock().unwrap();
+            a.iter().position(|x| x.1 == len).map(|i| a.swap_remove(i).0)
+        };
+        let base = cached.unwrap_or_else(|| {
+            let layout = std::alloc::Layout::from_size_align(len, SEGMENT_SIZE).expect("arena layout");
+            // SAFETY: non-zero size.
+            let base = unsafe { std::alloc::alloc_zeroed(layout) };
+            NonNull::new(base).expect("mock arena allocation failed")
+        });
+        MockPlatform {
+            base,
+            len,
+            mapped: Mutex::new(std::vec![0u64; (len / PAGE).div_ceil(64)]),
+            mapped_pages: AtomicUsize::new(0),
+            fail_maps: AtomicUsize::new(0),
+            fail_all: core::sync::atomic::AtomicBool::new(false),
+            reports: Mutex::new(Vec::new()),
+            map_contexts: Mutex::new(Vec::new()),
+            echo: std::env::var_os("CTXALLOC_MOCK_ECHO").is_some(),
+            clock: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Makes the next `n` `map` calls fail.
+    pub fn fail_next_maps(&self, n: usize) {
+        self.fail_maps.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes every `map` call fail while `on`.
+    pub fn fail_all_maps(&self, on: bool) {
+        self.fail_all.store(on, Ordering::Relaxed);
+    }
+
+    /// Bytes mapped now.
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapped_pages.load(Ordering::Relaxed) * PAGE
+    }
+
+    /// Every report written so far.
+    pub fn reports(&self) -> Vec<String> {
+        self.reports.lock().unwrap().clone()
+    }
+
+    /// The calling thread's context word at each successful `map` so far — what an internal
+    /// scope looked like from the page source.
+    pub fn map_contexts(&self) -> Vec<Gfp> {
+        self.map_contexts.lock().unwrap().clone()
+    }
+
+    /// Whether `[addr, addr+len)` lies in the arena.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        let b = self.base.as_ptr().addr();
+        addr >= b && addr + len <= b + self.len
+    }
+
+    fn set_range(&self, bits: &mut [u64], first: usize, n: usize, on: bool) {
+        for i in first..first + n {
+            let was = bits[i / 64] >> (i % 64) & 1 == 1;
+            assert_ne!(was, on, "mock: page {i} mapped twice or unmapped twice");
+            bits[i / 64] ^= 1 << (i % 64);
+        }
+    }
+}
+
+impl Drop for MockPlatform {
+    fn drop(&mut self) {
+        // This thread's context for this instance goes too (other threads' go with them).
+        let _ = CONTEXTS.try_with(|c| c.borrow_mut().retain(|(id, _)| *id != self.id));
+        // Zero what is still mapped (unmapped ranges were zeroed by `unmap`), then keep the
+        // arena for the next instance, or free it.
+        let bits = self.mapped.get_mut().unwrap();
+        for (w, &word) in bits.iter().enumerate() {
+            let mut m = word;
+            while m != 0 {
+                let page = w * 64 + m.trailing_zeros() as usize;
+                // SAFETY: a page of the arena.
+                unsafe { self.base.as_ptr().add(page * PAGE).write_bytes(0, PAGE) };
+                m &= m - 1;
+            }
+        }
+        let kept = {
+            let mut a = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
+            (a.len() < CACHED_ARENAS).then(|| a.push(Arena(self.base, self.len))).is_some()
+        };
+        if !kept {
+            let layout = std::alloc::Layout::from_size_align(self.len, SEGMENT_SIZE).unwrap();
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+        }
+    }
+}
+
+// SAFETY: `thread` returns a per-thread, per-instance context kept alive by the thread-local
+// table; `map` hands out disjoint, zeroed, page-aligned ranges of the arena; pointers are rebuilt
+// from the arena's base; nothing calls back into the core.
+unsafe impl Platform for MockPlatform {
+    const MAP_ZEROED: bool = true;
+    const CAN_PURGE: bool = true;
+
+    fn thread(&self) -> *const ThreadCtx {
+        CONTEXTS.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some((_, ctx)) = c.iter().find(|(id, _)| *id == self.id) {
+                return &**ctx as *const ThreadCtx;
+            }
+            c.push((self.id, Box::new(ThreadCtx::new())));
+            &*c.last().unwrap().1 as *const ThreadCtx
+        })
+    }
+
+    unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        if self.fail_all.load(Ordering::Relaxed) {
+            return None;
+        }
+        if self.fail_maps.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return None;
+        }
+        assert!(len % PAGE == 0 && align.is_power_of_two() && align >= PAGE);
+        let n = len / PAGE;
+        let step = align / PAGE;
+        let total = self.len / PAGE;
+        let mut bits = self.mapped.lock().unwrap();
+        let is_set = |bits: &[u64], i: usize| bits[i / 64] >> (i % 64) & 1 == 1;
+        let mut start = 0;
+        while start + n <= total {
+            match (start..start + n).find(|&i| is_set(&bits, i)) {
+                None => {
+                    self.set_range(&mut bits, start, n, true);
+                    self.mapped_pages.fetch_add(n, Ordering::Relaxed);
+                    drop(bits);
+                    // SAFETY: `thread` returns this thread's live context.
+                    let ctx = unsafe { (*self.thread()).scope().current() };
+                    self.map_contexts.lock().unwrap().push(ctx);
+                    let p = self.ptr_from_addr(self.base.as_ptr().addr() + start * PAGE);
+                    return NonNull::new(p);
+                }
+                Some(busy) => start = (busy + 1).next_multiple_of(step),
+            }
+        }
+        None
+    }
+
+    unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize) {
+        assert!(self.contains(ptr.as_ptr().addr(), len), "mock: unmap outside the arena");
+        // Unmapped memory reads as zero when mapped again.
+        // SAFETY: the range is a mapping of ours that nobody uses any more.
+        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        let first = (ptr.as_ptr().addr() - self.base.as_ptr().addr()) / PAGE;
+        let mut bits = self.mapped.lock().unwrap();
+        self.set_range(&mut bits, first, len / PAGE, false);
+        self.mapped_pages.fetch_sub(len / PAGE, Ordering::Relaxed);
+    }
+
+    unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        assert!(self.contains(ptr.as_ptr().addr(), len), "mock: purge outside the arena");
+        // SAFETY: the range holds nothing anyone reads.
+        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        true
+    }
+
+    unsafe fn remap(&self, ptr: NonNull<u8>, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
+        // Like mremap(MREMAP_MAYMOVE): shrink in place, grow by moving.
+        if new_len <= old_len {
+            let first = (ptr.as_ptr().addr() - self.base.as_ptr().addr()) / PAGE;
+            let tail = (old_len - new_len) / PAGE;
+            if tail > 0 {
+                let tail_ptr = self.ptr_from_addr(ptr.as_ptr().addr() + new_len);
+                // SAFETY: the tail is part of the mapping and is being given up.
+                unsafe { tail_ptr.write_bytes(0, old_len - new_len) };
+                let mut bits = self.mapped.lock().unwrap();
+                self.set_range(&mut bits, first + new_len / PAGE, tail, false);
+                self.mapped_pages.fetch_sub(tail, Ordering::Relaxed);
+            }
+            return Some(ptr);
+        }
+        // SAFETY: forwarded; then copy and release the old mapping.
+        unsafe {
+            let new = self.map(new_len, PAGE)?;
+            core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_len);
+            self.unmap(ptr, old_len);
+            Some(new)
+        }
+    }
+
+    #[inline]
+    fn ptr_from_addr(&self, addr: usize) -> *mut u8 {
+        self.base.as_ptr().with_addr(addr)
+    }
+
+    fn report(&self, msg: &str) {
+        if self.echo {
+            std::eprint!("{msg}");
+        }
+        self.reports.lock().unwrap().push(String::from(msg));
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.fetch_add(1_000_000, Ordering::Relaxed)
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: u64) {
+        if word.load(Ordering::Acquire) == expected {
+            std::thread::yield_now();
+        }
+    }
+
+    fn wake_all(&self, _word: &AtomicU32) {}
+
+    fn relax(&self) {
+        std::thread::yield_now();
+    }
+}

@@ -1,0 +1,167 @@
+//! The `Platform` trait: everything the core needs from its environment, and the per-thread state
+//! the platform keeps for the core.
+//!
+//! The std shim implements it with `const` thread-locals, `mmap` and futexes; the kernel shim
+//! with per-CPU (or per-task) words and a static region; the `mock` platform with an in-memory
+//! arena. The core never calls anything else.
+
+use crate::scope::ScopeState;
+use crate::slab::heap::{Heap, EMPTY_HEAP};
+use core::cell::Cell;
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU32;
+
+/// What a thread (or CPU) is to the core: its heap and its context word.
+///
+/// One `ThreadCtx` per thread, created by [`ThreadCtx::new`] in a `const` initialiser (so that a
+/// thread-local needs no lazy-initialisation check and no destructor) and reached through
+/// [`Platform::thread`]. Only the thread it belongs to touches it.
+pub struct ThreadCtx {
+    /// The thread's heap; [`EMPTY_HEAP`] until its first slow path, and again after it exits.
+    /// The fast path reads this and nothing else of the context.
+    pub(crate) heap: Cell<*mut Heap>,
+    /// [`ThreadState`] as a byte.
+    pub(crate) state: Cell<u8>,
+    /// The context word and the scope stack.
+    pub(crate) scope: ScopeState,
+}
+
+/// Life cycle of a [`ThreadCtx`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum ThreadState {
+    /// No heap yet: the first slow path attaches one.
+    New = 0,
+    /// Owns the heap in `heap`.
+    Active = 1,
+    /// The thread has run its exit hook: its heap was abandoned; further allocations (from other
+    /// thread-local destructors) go through the shared orphan heap.
+    Exited = 2,
+}
+
+impl Default for ThreadCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ThreadCtx {
+    /// A thread with no heap and an empty context word.
+    pub const fn new() -> ThreadCtx {
+        ThreadCtx {
+            heap: Cell::new(&raw const EMPTY_HEAP as *mut Heap),
+            state: Cell::new(ThreadState::New as u8),
+            scope: ScopeState::new(),
+        }
+    }
+
+    /// The thread's context word and scope stack.
+    #[inline]
+    pub fn scope(&self) -> &ScopeState {
+        &self.scope
+    }
+
+    #[inline]
+    pub(crate) fn state(&self) -> ThreadState {
+        match self.state.get() {
+            0 => ThreadState::New,
+            1 => ThreadState::Active,
+            _ => ThreadState::Exited,
+        }
+    }
+}
+
+/// The environment of the core.
+///
+/// # Safety
+///
+/// Implementors promise:
+///
+/// * [`thread`](Platform::thread) returns a pointer to a [`ThreadCtx`] that belongs to the calling
+///   thread (or to the CPU it runs on, with preemption held off while the core uses it), stays
+///   valid as long as that thread can call into the allocator, and is never used concurrently
+///   by two threads.
+/// * [`map`](Platform::map) returns `len` bytes aligned to `align`, readable and writable, not
+///   overlapping anything else mapped and not yet unmapped; if [`MAP_ZEROED`](Platform::MAP_ZEROED)
+///   they read as zero. The provenance of the returned pointer must be recoverable by
+///   [`ptr_from_addr`](Platform::ptr_from_addr) for every address inside the mapping.
+/// * [`unmap`](Platform::unmap), [`purge`](Platform::purge) and [`remap`](Platform::remap) act only
+///   on what they are given, which is always a whole mapping (or, for `purge`, a page-aligned part
+///   of one).
+/// * No method allocates through the global allocator, unwinds, or calls back into the core.
+pub unsafe trait Platform: Sync {
+    /// The page size: a power of two, at least 4096.
+    const PAGE_SIZE: usize = 4096;
+    /// Whether fresh mappings (and purged ranges) read as zero.
+    const MAP_ZEROED: bool;
+    /// Whether [`purge`](Platform::purge) can give memory back while keeping the mapping.
+    const CAN_PURGE: bool = false;
+
+    /// The calling thread's context. Called on every allocation: keep it to one thread-local
+    /// access.
+    fn thread(&self) -> *const ThreadCtx;
+
+    /// Called once on a thread when it first gets a heap: register whatever will call
+    /// [`Core::thread_exit`](crate::Core::thread_exit) when the thread ends.
+    fn thread_attached(&self) {}
+
+    /// Maps `len` bytes (a multiple of `PAGE_SIZE`) aligned to `align` (a power of two, at least
+    /// `PAGE_SIZE`). `None` when the source is exhausted.
+    ///
+    /// # Safety
+    /// `len` and `align` as described.
+    unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>>;
+
+    /// Returns a mapping.
+    ///
+    /// # Safety
+    /// `ptr`/`len` exactly as returned by `map` (or `remap`), not used afterwards.
+    unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize);
+
+    /// Gives the physical memory behind a page-aligned range back, keeping the mapping; the range
+    /// reads as zero afterwards if `MAP_ZEROED`. Returns whether anything was given back.
+    ///
+    /// # Safety
+    /// The range lies inside one mapping and holds nothing anyone will read.
+    unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        let _ = (ptr, len);
+        false
+    }
+
+    /// Resizes a mapping, moving it if needed (`mremap`). `None` if unsupported or out of memory;
+    /// the old mapping is then untouched.
+    ///
+    /// # Safety
+    /// `ptr`/`old_len` exactly as returned by `map` or `remap`; `new_len` a multiple of the page
+    /// size.
+    unsafe fn remap(&self, ptr: NonNull<u8>, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
+        let _ = (ptr, old_len, new_len);
+        None
+    }
+
+    /// A pointer with the provenance of the mapping that contains `addr`. The default uses the
+    /// provenance `map` exposed; a platform with one arena can rebuild from the arena's base
+    /// (which keeps miri's strict checks on).
+    #[inline(always)]
+    fn ptr_from_addr(&self, addr: usize) -> *mut u8 {
+        core::ptr::with_exposed_provenance_mut(addr)
+    }
+
+    /// Writes a report (one or more whole lines). Must not allocate.
+    fn report(&self, msg: &str);
+
+    /// A monotonic clock, in nanoseconds.
+    fn now_ns(&self) -> u64;
+
+    /// Sleeps while `*word == expected`, at most `timeout_ns`; may return early.
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ns: u64);
+
+    /// Wakes every waiter on `word`.
+    fn wake_all(&self, word: &AtomicU32);
+
+    /// Called while spinning on a lock: yield the CPU if there is anything else to run.
+    #[inline]
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
+}

@@ -1,0 +1,544 @@
+//! Per-thread heaps: the slab's fast paths read one heap and one page; everything else here is
+//! the slow path — finding a page with room, retiring empty pages, freeing into other threads'
+//! pages.
+//!
+//! A heap is owned by one thread (`ThreadCtx::heap`) and touched only by it, except:
+//! * the heap pool links (`pool_next`, `all_next`, `live`) — under `Core::heaps`;
+//! * after `fork`, the child abandons the heaps of threads that do not exist there.
+//!
+//! Heaps are never returned to the page source: a freeing thread may still compare a page's
+//! `owner` with a heap pointer after that heap's thread is gone, and a recycled heap gets a new
+//! thread, never a different type.
+
+use super::page::{Page, PageQueue};
+use super::remote::{Block, Push};
+use crate::gfp::{Effective, Gfp};
+use crate::platform::{ThreadCtx, ThreadState};
+use crate::size_class::NUM_CLASSES;
+use crate::sync::Ordering;
+use crate::{Core, Platform};
+use core::ptr;
+
+/// A thread's heap.
+#[repr(C)]
+pub struct Heap {
+    /// The page each class allocates from: the head of `queues[class]`, or the empty page.
+    /// The fast path's only read of the heap.
+    pub(crate) direct: [*mut Page; NUM_CLASSES],
+    /// Pages that may have free blocks, per class.
+    pub(crate) queues: [PageQueue; NUM_CLASSES],
+    /// Pages found full, per class; scanned for frees before a fresh page is taken.
+    pub(crate) full: [PageQueue; NUM_CLASSES],
+    /// Next free heap in the pool. Pool lock.
+    pub(crate) pool_next: *mut Heap,
+    /// Next heap ever created. Pool lock; never unlinked.
+    pub(crate) all_next: *mut Heap,
+    /// Owned by a thread (or the orphan slot). Pool lock.
+    pub(crate) live: bool,
+}
+
+/// A `Heap` that may live in a `static`.
+#[repr(transparent)]
+pub struct StaticHeap(pub(crate) Heap);
+
+// SAFETY: the only static heap, `EMPTY_HEAP`, is never written (see below).
+unsafe impl Sync for StaticHeap {}
+
+/// The heap of every thread that has none yet, or no longer has one. Its `direct` table points
+/// only to the empty page, so the fast path always falls through to the slow path, which checks
+/// for this heap before touching anything; it owns no page, so every free from such a thread
+/// takes the remote path. It is never written.
+pub static EMPTY_HEAP: StaticHeap = StaticHeap(Heap::empty_heap());
+
+impl Heap {
+    const fn empty_heap() -> Heap {
+        Heap {
+            direct: [(&raw const super::page::EMPTY_PAGE.0).cast_mut(); NUM_CLASSES],
+            queues: [PageQueue::EMPTY; NUM_CLASSES],
+            full: [PageQueue::EMPTY; NUM_CLASSES],
+            pool_next: ptr::null_mut(),
+            all_next: ptr::null_mut(),
+            live: false,
+        }
+    }
+
+    /// The empty heap's address.
+    #[inline(always)]
+    pub(crate) fn empty() -> *mut Heap {
+        (&raw const EMPTY_HEAP.0).cast_mut()
+    }
+
+    /// The page `class` allocates from.
+    ///
+    /// # Safety
+    /// `heap` is live or the empty heap; `class < NUM_CLASSES`.
+    #[inline(always)]
+    pub(crate) unsafe fn direct(heap: *mut Heap, class: usize) -> *mut Page {
+        // SAFETY: per the contract.
+        unsafe { *(&raw const (*heap).direct).cast::<*mut Page>().add(class) }
+    }
+
+    /// # Safety
+    /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
+    #[inline(always)]
+    unsafe fn set_direct(heap: *mut Heap, class: usize, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe { *(&raw mut (*heap).direct).cast::<*mut Page>().add(class) = page }
+    }
+
+    /// # Safety
+    /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
+    #[inline(always)]
+    unsafe fn queue<'a>(heap: *mut Heap, class: usize) -> &'a mut PageQueue {
+        // SAFETY: per the contract; the reference lives only while the owner works on it.
+        unsafe { &mut *(&raw mut (*heap).queues).cast::<PageQueue>().add(class) }
+    }
+
+    /// # Safety
+    /// As [`queue`](Self::queue).
+    #[inline(always)]
+    unsafe fn full<'a>(heap: *mut Heap, class: usize) -> &'a mut PageQueue {
+        // SAFETY: per the contract.
+        unsafe { &mut *(&raw mut (*heap).full).cast::<PageQueue>().add(class) }
+    }
+
+    /// Resets a heap to "owns nothing".
+    ///
+    /// # Safety
+    /// `heap` points to memory for a heap that nobody else uses.
+    pub(crate) unsafe fn init(heap: *mut Heap, all_next: *mut Heap) {
+        // SAFETY: per the contract.
+        unsafe {
+            ptr::write(heap, Heap::empty_heap());
+            (*heap).all_next = all_next;
+        }
+    }
+}
+
+/// Pops a block from a page known to have one and zeroes it if asked.
+///
+/// # Safety
+/// `page` is live, owned by the caller, with a non-empty `free` list; `size` ≤ its block size.
+#[inline(always)]
+pub(crate) unsafe fn pop(page: *mut Page, size: usize, zero: bool) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
+        let block = (*page).free;
+        (*page).free = Block::next(block);
+        (*page).used += 1;
+        if zero {
+            if (*page).free_is_zero {
+                Block::set_next(block, ptr::null_mut());
+            } else {
+                ptr::write_bytes(block.cast::<u8>(), 0, size);
+            }
+        }
+        block.cast()
+    }
+}
+
+impl<P: Platform> Core<P> {
+    /// The slow path of a slab allocation: attaches a heap to a new thread, sends exited threads
+    /// to the orphan heap, then finds a page with room.
+    ///
+    /// # Safety
+    /// `t` is the calling thread's context; `class < NUM_CLASSES`; `size ≤ class_size(class)`.
+    #[inline(never)]
+    pub(crate) unsafe fn alloc_slow(
+        &self,
+        t: *const ThreadCtx,
+        class: usize,
+        size: usize,
+        call: Gfp,
+    ) -> *mut u8 {
+        // SAFETY: the platform hands out the calling thread's context.
+        let t = unsafe { &*t };
+        let mut heap = t.heap.get();
+        if heap == Heap::empty() {
+            match t.state() {
+                ThreadState::Exited => {
+                    // SAFETY: forwarded.
+                    return unsafe { self.alloc_orphan(t, class, size, call) };
+                }
+                _ => {
+                    heap = self.thread_attach(t);
+                    if heap.is_null() {
+                        return self.alloc_failed(size, Effective::new(call, t.scope.current()));
+                    }
+                }
+            }
+        }
+        // SAFETY: `heap` is this thread's live heap.
+        unsafe { self.heap_alloc(heap, t, class, size, call) }
+    }
+
+    /// Allocates from `heap`, which the caller owns.
+    ///
+    /// # Safety
+    /// As [`alloc_slow`](Self::alloc_slow); `heap` is live and owned by the caller.
+    pub(crate) unsafe fn heap_alloc(
+        &self,
+        heap: *mut Heap,
+        t: &ThreadCtx,
+        class: usize,
+        size: usize,
+        call: Gfp,
+    ) -> *mut u8 {
+        // SAFETY: per the contract.
+        unsafe {
+            let page = Heap::direct(heap, class);
+            if !(*page).free.is_null() {
+                return pop(page, size, call.contains(Gfp::ZERO));
+            }
+            let page = self.find_page(heap, t, class, call);
+            if page.is_null() {
+                return self.alloc_failed(size, Effective::new(call, t.scope.current()));
+            }
+            pop(page, size, call.contains(Gfp::ZERO))
+        }
+    }
+
+    /// A page of `class` with a block on its `free` list, made the class's direct page; null
+    /// when no memory can be had in this context.
+    ///
+    /// Order: the queued pages (collecting their local and remote frees, carving untouched
+    /// blocks) → full pages that received frees → abandoned pages of exited threads → a fresh
+    /// page from the page heap. Only the last step needs new memory, and only it reads the
+    /// context word.
+    ///
+    /// # Safety
+    /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
+    unsafe fn find_page(&self, heap: *mut Heap, t: &ThreadCtx, class: usize, call: Gfp) -> *mut Page {
+        // SAFETY: the caller owns the heap and every page on its lists.
+        unsafe {
+            let q = Heap::queue(heap, class);
+            let mut page = q.head;
+            while !page.is_null() {
+                let next = (*page).next;
+                if Page::collect(page) || Page::extend(page) {
+                    if q.head != page {
+                        q.remove(page);
+                        q.push_front(page);
+                    }
+                    Heap::set_direct(heap, class, page);
+                    return page;
+                }
+                q.remove(page);
+                (*page).in_full = true;
+                Heap::full(heap, class).push_back(page);
+                page = next;
+            }
+            Heap::set_direct(heap, class, Page::empty());
+
+            let full = Heap::full(heap, class);
+            let mut page = full.head;
+            while !page.is_null() {
+                let next = (*page).next;
+                if Page::has_room(page) && (Page::collect(page) || Page::extend(page)) {
+                    full.remove(page);
+                    (*page).in_full = false;
+                    q.push_front(page);
+                    Heap::set_direct(heap, class, page);
+                    return page;
+                }
+                page = next;
+            }
+
+            if let Some(page) = self.adopt(heap, class) {
+                q.push_front(page);
+                Heap::set_direct(heap, class, page);
+                return page;
+            }
+
+            let eff = Effective::new(call, t.scope.current());
+            let Some(page) = self.span_alloc(heap, class, eff) else {
+                return ptr::null_mut();
+            };
+            Page::extend(page);
+            q.push_front(page);
+            Heap::set_direct(heap, class, page);
+            page
+        }
+    }
+
+    /// Called by the owner when a page's last block came back: gives the page to the page heap,
+    /// unless it is the only page its class has (allocation would just take a new one).
+    ///
+    /// # Safety
+    /// `heap` owns `page`, whose `used` is zero.
+    #[inline(never)]
+    pub(crate) unsafe fn page_retire(&self, heap: *mut Heap, page: *mut Page) {
+        // SAFETY: the owner works on its own lists.
+        unsafe {
+            let class = (*page).class as usize;
+            if (*page).in_full {
+                Heap::full(heap, class).remove(page);
+            } else {
+                let q = Heap::queue(heap, class);
+                if q.len == 1 {
+                    return;
+                }
+                q.remove(page);
+                if Heap::direct(heap, class) == page {
+                    let next = if q.head.is_null() { Page::empty() } else { q.head };
+                    Heap::set_direct(heap, class, next);
+                }
+            }
+            self.span_free(page);
+        }
+    }
+
+    /// Frees a block of a page the calling thread does not own: a lock-free push onto the page's
+    /// remote list, or — if the page's thread has exited — the abandoned-page path.
+    ///
+    /// # Safety
+    /// `block` is a live block of `page`, and `page` is not owned by the calling thread's heap.
+    #[inline(never)]
+    pub(crate) unsafe fn free_slow(&self, page: *mut Page, block: *mut Block) {
+        // SAFETY: the caller's block keeps the page live until it is pushed or freed; the
+        // platform hands out the calling thread's context.
+        unsafe {
+            loop {
+                if (*page).remote.push(block) == Push::Done {
+                    return;
+                }
+                if self.free_abandoned(&*self.platform.thread(), page, block) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Frees into an abandoned page: the freeing thread adopts the page if it has a heap (later
+    /// frees are then local), otherwise frees under the abandoned-list lock, giving the page back
+    /// when its last block returns. Returns false if the page was adopted by someone else
+    /// meanwhile (the caller pushes again).
+    ///
+    /// # Safety
+    /// As [`free_slow`](Self::free_slow).
+    unsafe fn free_abandoned(&self, t: &ThreadCtx, page: *mut Page, block: *mut Block) -> bool {
+        let heap = t.heap.get();
+        let mut ab = self.lock(&self.abandoned);
+        // SAFETY: under the abandoned-list lock we are the owner of an abandoned page.
+        unsafe {
+            if !(*page).remote.is_abandoned() {
+                return false;
+            }
+            let class = (*page).class as usize;
+            if heap != Heap::empty() && t.state() == ThreadState::Active {
+                ab.remove(page);
+                (*page).owner.store(heap, Ordering::Relaxed);
+                (*page).remote.adopt();
+                drop(ab);
+                Heap::queue(heap, class).push_back(page);
+                if Heap::direct(heap, class) == Page::empty() {
+                    Heap::set_direct(heap, class, Heap::queue(heap, class).head);
+                }
+                Block::set_next(block, (*page).local_free);
+                (*page).local_free = block;
+                (*page).used -= 1;
+                if (*page).used == 0 {
+                    self.page_retire(heap, page);
+                }
+            } else {
+                Block::set_next(block, (*page).local_free);
+                (*page).local_free = block;
+                (*page).used -= 1;
+                if (*page).used == 0 {
+                    ab.remove(page);
+                    drop(ab);
+                    self.span_free(page);
+                }
+            }
+        }
+        true
+    }
+
+    /// Gives up every page of a heap whose thread is exiting (or, after `fork`, no longer
+    /// exists): empty pages go back to the page heap, the others to the abandoned lists, where
+    /// the next free into them or the next allocation of their class adopts them.
+    ///
+    /// # Safety
+    /// The caller owns `heap` and no thread will use it until it is acquired again.
+    pub(crate) unsafe fn heap_abandon(&self, heap: *mut Heap) {
+        // The whole heap is abandoned under the abandoned-list lock, so that a freeing thread
+        // that sees a page's abandoned bit finds the page on its list once it gets the lock.
+        let mut ab = self.lock(&self.abandoned);
+        for class in 0..NUM_CLASSES {
+            // SAFETY: the caller owns the heap and its pages.
+            unsafe {
+                for list in [Heap::queue(heap, class), Heap::full(heap, class)] {
+                    loop {
+                        let page = list.pop_front();
+                        if page.is_null() {
+                            break;
+                        }
+                        let remote = (*page).remote.abandon();
+                        if !remote.is_null() {
+                            let (n, tail) = super::remote::count_and_tail(remote);
+                            Block::set_next(tail, (*page).local_free);
+                            (*page).local_free = remote;
+                            (*page).used -= n;
+                        }
+                        (*page).in_full = false;
+                        if (*page).used == 0 {
+                            self.span_free(page);
+                        } else {
+                            (*page).owner.store(ptr::null_mut(), Ordering::Relaxed);
+                            ab.push(page);
+                        }
+                    }
+                }
+                Heap::set_direct(heap, class, Page::empty());
+            }
+        }
+    }
+
+    /// Adopts abandoned pages of `class` until one has room; full ones join the heap's full list.
+    ///
+    /// # Safety
+    /// `heap` is live and owned by the caller.
+    unsafe fn adopt(&self, heap: *mut Heap, class: usize) -> Option<*mut Page> {
+        const MAX_TRIES: usize = 8;
+        for _ in 0..MAX_TRIES {
+            let page = {
+                let mut ab = self.lock(&self.abandoned);
+                let page = ab.pop(class);
+                if page.is_null() {
+                    return None;
+                }
+                // SAFETY: under the lock we own the abandoned page and hand it to `heap`.
+                unsafe {
+                    (*page).owner.store(heap, Ordering::Relaxed);
+                    (*page).remote.adopt();
+                }
+                page
+            };
+            // SAFETY: the page is now ours.
+            unsafe {
+                if Page::collect(page) || Page::extend(page) {
+                    return Some(page);
+                }
+                (*page).in_full = true;
+                Heap::full(heap, class).push_back(page);
+            }
+        }
+        None
+    }
+
+    /// Gives back the calling thread's pages that hold no live block (kept only to avoid
+    /// churn): part of [`Core::trim`].
+    ///
+    /// # Safety
+    /// `heap` is the caller's live heap.
+    pub(crate) unsafe fn heap_trim(&self, heap: *mut Heap) {
+        for class in 0..NUM_CLASSES {
+            // SAFETY: the caller owns the heap and its pages.
+            unsafe {
+                let q = Heap::queue(heap, class);
+                let mut page = q.head;
+                while !page.is_null() {
+                    let next = (*page).next;
+                    Page::collect(page);
+                    if (*page).used == 0 {
+                        q.remove(page);
+                        self.span_free(page);
+                    }
+                    page = next;
+                }
+                let next = if q.head.is_null() { Page::empty() } else { q.head };
+                Heap::set_direct(heap, class, next);
+            }
+        }
+    }
+
+    /// Gives the calling thread a heap.
+    pub(crate) fn thread_attach(&self, t: &ThreadCtx) -> *mut Heap {
+        let heap = self.heap_acquire();
+        if !heap.is_null() {
+            t.heap.set(heap);
+            t.state.set(ThreadState::Active as u8);
+            self.platform.thread_attached();
+        }
+        heap
+    }
+
+    /// Slab allocation for a thread that has exited (from a thread-local destructor that runs
+    /// after ours): the shared orphan heap, under its lock.
+    ///
+    /// No direct reclaim here: a shrinker allocating on this thread would need the orphan lock
+    /// we hold.
+    ///
+    /// # Safety
+    /// As [`alloc_slow`](Self::alloc_slow).
+    unsafe fn alloc_orphan(&self, t: &ThreadCtx, class: usize, size: usize, call: Gfp) -> *mut u8 {
+        let mut orphan = self.lock(&self.orphan);
+        if orphan.0.is_null() {
+            orphan.0 = self.heap_acquire();
+            if orphan.0.is_null() {
+                drop(orphan);
+                return self.alloc_failed(size, Effective::new(call, t.scope.current()));
+            }
+        }
+        // SAFETY: the orphan heap is owned by whoever holds its lock.
+        unsafe { self.heap_alloc(orphan.0, t, class, size, call | Gfp::NORECLAIM) }
+    }
+
+    /// A heap from the pool, or a new one; null if no memory for one.
+    pub(crate) fn heap_acquire(&self) -> *mut Heap {
+        let mut pool = self.lock(&self.heaps);
+        let heap = if !pool.free.is_null() {
+            let h = pool.free;
+            // SAFETY: heaps on the free list are ours under the pool lock.
+            unsafe {
+                pool.free = (*h).pool_next;
+                Heap::init(h, (*h).all_next);
+            }
+            h
+        } else {
+            let size = core::mem::size_of::<Heap>();
+            if pool.chunk_left < size {
+                let len = super::abandon::HEAP_CHUNK;
+                if !self.acct.charge(len, Effective::new(Gfp::KERNEL, Gfp::KERNEL)) {
+                    return ptr::null_mut();
+                }
+                // SAFETY: a whole number of pages, page-aligned.
+                let Some(p) = (unsafe { self.os_map(len, P::PAGE_SIZE) }) else {
+                    self.acct.uncharge(len);
+                    return ptr::null_mut();
+                };
+                pool.chunk = p.as_ptr();
+                pool.chunk_left = len;
+            }
+            let h = pool.chunk.cast::<Heap>();
+            // SAFETY: the chunk has room for a heap; `Heap` needs 8-byte alignment, which every
+            // multiple of its size from a page boundary has.
+            unsafe {
+                pool.chunk = pool.chunk.add(size);
+                Heap::init(h, pool.all);
+            }
+            pool.chunk_left -= size;
+            pool.all = h;
+            h
+        };
+        // SAFETY: `heap` is ours; pool fields under the pool lock.
+        unsafe { (*heap).live = true };
+        pool.live += 1;
+        heap
+    }
+
+    /// Returns an abandoned heap to the pool.
+    ///
+    /// # Safety
+    /// `heap` was abandoned and nobody uses it.
+    pub(crate) unsafe fn heap_release(&self, heap: *mut Heap) {
+        let mut pool = self.lock(&self.heaps);
+        // SAFETY: pool fields under the pool lock.
+        unsafe {
+            (*heap).live = false;
+            (*heap).pool_next = pool.free;
+        }
+        pool.free = heap;
+        pool.live -= 1;
+    }
+}

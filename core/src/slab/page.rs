@@ -1,0 +1,265 @@
+//! One slab page: a span of slices cut into blocks of one size class, with three free lists.
+//!
+//! * `free` — blocks ready to hand out; the fast path pops here.
+//! * `local_free` — blocks the owner freed; the fast path pushes here.
+//! * `remote` — blocks other threads freed ([`RemoteList`]).
+//!
+//! Keeping `free` and `local_free` apart means `free` runs dry regularly, so the owner's slow
+//! path runs regularly and picks up remote frees (mimalloc's "free-list sharding").
+
+use super::heap::Heap;
+use super::remote::{count_and_tail, Block, RemoteList};
+use crate::sync::AtomicPtr;
+use core::ptr;
+
+/// Descriptor of one slab page. Lives in its segment's header; its address never changes.
+///
+/// Field ownership: "owner" means the thread whose heap owns the page — or, while the page is
+/// abandoned, whoever holds the abandoned-list lock. The page heap initialises the descriptor
+/// under its lock before handing the page to an owner.
+#[repr(C)]
+pub struct Page {
+    /// Blocks ready to allocate. Owner only. Hot: first field.
+    pub(crate) free: *mut Block,
+    /// Blocks handed out and not yet back on `free`/`local_free` (blocks on `remote` still
+    /// count). Owner only. Zero means the page can be given back.
+    pub(crate) used: u32,
+    /// Block size in bytes. Constant while the page is live.
+    pub(crate) block_size: u32,
+    /// The owning heap; null while abandoned. Written by the owner when it adopts or abandons the
+    /// page (under the abandoned-list lock) and by the page heap at creation; read (Relaxed) by
+    /// every freeing thread, which only compares it with its own heap.
+    pub(crate) owner: AtomicPtr<Heap>,
+    /// Blocks the owner freed since the last collect. Owner only.
+    pub(crate) local_free: *mut Block,
+    /// Blocks other threads freed. Any thread pushes; the owner takes.
+    pub(crate) remote: RemoteList,
+    /// First block. Constant while live.
+    pub(crate) start: *mut u8,
+    /// Blocks that fit. Constant while live.
+    pub(crate) capacity: u32,
+    /// Blocks carved so far; memory past them is untouched. Owner only.
+    pub(crate) reserved: u32,
+    /// Links in the owner's page queue or the abandoned list. Owner only.
+    pub(crate) next: *mut Page,
+    /// See `next`.
+    pub(crate) prev: *mut Page,
+    /// Size class. Constant while live.
+    pub(crate) class: u8,
+    /// Slices the page spans. Set by the page heap; constant while live.
+    pub(crate) slices: u8,
+    /// On the owner's full list rather than its queue. Owner only.
+    pub(crate) in_full: bool,
+    /// Every block on `free` reads as zero past its link word. Owner only.
+    pub(crate) free_is_zero: bool,
+    /// The memory past `reserved` reads as zero. Owner only.
+    pub(crate) fresh_zero: bool,
+}
+
+/// A `Page` that may live in a `static`.
+#[repr(transparent)]
+pub(crate) struct StaticPage(pub(crate) Page);
+
+// SAFETY: the only static page, `EMPTY_PAGE`, is never written: its `free` list is empty, so
+// every path that would modify a page leaves the fast path first.
+unsafe impl Sync for StaticPage {}
+
+/// The page every empty slot of a heap's `direct` table points to: its `free` list is empty, so
+/// the fast path falls through to the slow path without a separate "is there a page?" test.
+pub(crate) static EMPTY_PAGE: StaticPage = StaticPage(Page::new());
+
+/// Most bytes carved in one go: carving touches memory, so it is done a little at a time.
+const CARVE_BYTES: usize = 4096;
+
+impl Page {
+    /// An unused descriptor; all-zero memory is the same.
+    pub(crate) const fn new() -> Page {
+        Page {
+            free: ptr::null_mut(),
+            used: 0,
+            block_size: 0,
+            owner: AtomicPtr::new(ptr::null_mut()),
+            local_free: ptr::null_mut(),
+            remote: RemoteList::new(),
+            start: ptr::null_mut(),
+            capacity: 0,
+            reserved: 0,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            class: 0,
+            slices: 0,
+            in_full: false,
+            free_is_zero: false,
+            fresh_zero: false,
+        }
+    }
+
+    /// The address of the static empty page.
+    #[inline(always)]
+    pub(crate) fn empty() -> *mut Page {
+        (&raw const EMPTY_PAGE.0).cast_mut()
+    }
+
+    /// Carves up to a page's worth of untouched blocks onto the empty `free` list. Returns
+    /// whether any block was carved.
+    ///
+    /// # Safety
+    /// `page` is live and owned by the caller; its `free` list is empty.
+    pub(crate) unsafe fn extend(page: *mut Page) -> bool {
+        // SAFETY: the caller owns the live page; every block carved lies inside its span.
+        unsafe {
+            debug_assert!((*page).free.is_null());
+            let left = (*page).capacity - (*page).reserved;
+            if left == 0 {
+                return false;
+            }
+            let bs = (*page).block_size as usize;
+            let n = ((CARVE_BYTES / bs).max(1) as u32).min(left);
+            let first = (*page).start.add((*page).reserved as usize * bs);
+            let mut b = first;
+            for _ in 1..n {
+                let next = b.add(bs);
+                Block::set_next(b.cast(), next.cast());
+                b = next;
+            }
+            Block::set_next(b.cast(), ptr::null_mut());
+            (*page).free = first.cast();
+            (*page).reserved += n;
+            (*page).free_is_zero = (*page).fresh_zero;
+            true
+        }
+    }
+
+    /// Moves `local_free` and the remote list onto `free` if `free` is empty. Returns whether
+    /// `free` now has a block.
+    ///
+    /// # Safety
+    /// `page` is live and owned by the caller.
+    #[inline]
+    pub(crate) unsafe fn collect(page: *mut Page) -> bool {
+        // SAFETY: the caller owns the page, hence its owner-only fields and every block on its
+        // local and (once taken) remote lists.
+        unsafe {
+            if !(*page).free.is_null() {
+                return true;
+            }
+            let remote = (*page).remote.take();
+            if !remote.is_null() {
+                let (n, tail) = count_and_tail(remote);
+                Block::set_next(tail, (*page).local_free);
+                (*page).local_free = remote;
+                (*page).used -= n;
+            }
+            if (*page).local_free.is_null() {
+                return false;
+            }
+            (*page).free = (*page).local_free;
+            (*page).local_free = ptr::null_mut();
+            (*page).free_is_zero = false;
+            true
+        }
+    }
+
+    /// Whether the page could hand out a block after a collect or an extend (a hint for pages
+    /// on the full list: the remote list may grow at any time).
+    ///
+    /// # Safety
+    /// `page` is live and owned by the caller.
+    #[inline]
+    pub(crate) unsafe fn has_room(page: *mut Page) -> bool {
+        // SAFETY: owner-only fields read by the owner; `remote` is atomic.
+        unsafe {
+            !(*page).free.is_null()
+                || !(*page).local_free.is_null()
+                || (*page).remote.has_blocks()
+                || (*page).reserved < (*page).capacity
+        }
+    }
+}
+
+/// An intrusive doubly linked list of pages (through `Page::next`/`prev`). A page is on at most
+/// one list at a time. Whoever owns the list owns the links of its pages.
+pub(crate) struct PageQueue {
+    pub(crate) head: *mut Page,
+    pub(crate) tail: *mut Page,
+    pub(crate) len: u32,
+}
+
+impl PageQueue {
+    pub(crate) const EMPTY: PageQueue = PageQueue { head: ptr::null_mut(), tail: ptr::null_mut(), len: 0 };
+
+    /// Appends `p`.
+    ///
+    /// # Safety
+    /// `p` is a live page on no list; the caller owns both.
+    pub(crate) unsafe fn push_back(&mut self, p: *mut Page) {
+        // SAFETY: per the contract, the links of `p` and of the list's pages are ours.
+        unsafe {
+            (*p).next = ptr::null_mut();
+            (*p).prev = self.tail;
+            if self.tail.is_null() {
+                self.head = p;
+            } else {
+                (*self.tail).next = p;
+            }
+            self.tail = p;
+        }
+        self.len += 1;
+    }
+
+    /// Prepends `p`.
+    ///
+    /// # Safety
+    /// As [`push_back`](Self::push_back).
+    pub(crate) unsafe fn push_front(&mut self, p: *mut Page) {
+        // SAFETY: per the contract, the links of `p` and of the list's pages are ours.
+        unsafe {
+            (*p).prev = ptr::null_mut();
+            (*p).next = self.head;
+            if self.head.is_null() {
+                self.tail = p;
+            } else {
+                (*self.head).prev = p;
+            }
+            self.head = p;
+        }
+        self.len += 1;
+    }
+
+    /// Unlinks `p`.
+    ///
+    /// # Safety
+    /// `p` is on this list; the caller owns it.
+    pub(crate) unsafe fn remove(&mut self, p: *mut Page) {
+        // SAFETY: per the contract, `p` and its neighbours are on this list, which we own.
+        unsafe {
+            let (prev, next) = ((*p).prev, (*p).next);
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                self.tail = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*p).next = ptr::null_mut();
+            (*p).prev = ptr::null_mut();
+        }
+        self.len -= 1;
+    }
+
+    /// Unlinks and returns the first page, or null.
+    ///
+    /// # Safety
+    /// The caller owns the list.
+    pub(crate) unsafe fn pop_front(&mut self) -> *mut Page {
+        let p = self.head;
+        if !p.is_null() {
+            // SAFETY: `p` is on this list.
+            unsafe { self.remove(p) };
+        }
+        p
+    }
+}

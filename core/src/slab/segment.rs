@@ -1,0 +1,411 @@
+//! The page heap: segments from the page source, cut into spans of slices for slab pages.
+//!
+//! A segment is 4 MiB, aligned to 4 MiB, so `addr & !SEGMENT_MASK` finds the header of any
+//! block. Slice 0 holds the header; slices 1..64 are handed out as spans of 1, 2, 4 or 8 slices,
+//! aligned to their length (so finding a free span is a few shifts over a 64-bit mask).
+//!
+//! Accounting is per slice: a slice is *committed* once handed out (charged to `usage()`), stays
+//! committed while free ("dirty", reused first), and is *purged* — given back to the platform
+//! and uncharged — once too many dirty bytes pile up or on [`Core::trim`]. A segment whose every
+//! slice is free is kept as the one spare, or returned to the page source.
+
+use super::page::Page;
+use super::{SEGMENT_MASK, SEGMENT_SIZE, SLICES, SLICE_SHIFT, SLICE_SIZE};
+use crate::gfp::Effective;
+use crate::size_class::{class_size, class_slices};
+use crate::sync::Ordering;
+use crate::{Core, Platform};
+use core::ptr::{self, NonNull};
+
+/// Bits of the slices a segment can hand out (all but the header slice).
+const ALL_SLICES: u64 = !1;
+
+/// Dirty bytes tolerated before free slices are purged (plus an eighth of `usage()`).
+const PURGE_SLACK: usize = 8 << 20;
+
+/// The header of a segment, at its start.
+///
+/// `slice_page` is written under the page-heap lock when a span is handed out or given back, and
+/// read without a lock by threads freeing a block: a block is reachable only while its span is
+/// live, and the write happened before the block was first handed out. The page-heap fields
+/// (`free`, `committed`, `next`, `prev`) are touched only under the page-heap lock. `pages[i]`
+/// follows [`Page`]'s rules while slice `i` starts a live span.
+///
+/// All-zero bytes are a valid empty header.
+#[repr(C)]
+pub(crate) struct Segment {
+    /// Slice → descriptor of the page covering it (null when free or the header).
+    pub(crate) slice_page: [*mut Page; SLICES],
+    /// Descriptors: the one at a span's first slice describes the span's page.
+    pub(crate) pages: [Page; SLICES],
+    /// Free slices (bit per slice).
+    free: u64,
+    /// Committed slices: handed out now, or free but not yet purged ("dirty"). Bit 0 is the
+    /// header.
+    committed: u64,
+    /// Links in the page heap's list of segments with a free slice.
+    next: *mut Segment,
+    /// See `next`.
+    prev: *mut Segment,
+}
+
+const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
+
+/// The page heap's state, under `Core::pages`.
+pub(crate) struct PageHeap {
+    /// Segments with at least one free slice (doubly linked; full segments are on no list).
+    partial: *mut Segment,
+    /// One segment with every slice free, kept to avoid a map/unmap cycle.
+    spare: *mut Segment,
+    /// Bytes in free, committed slices.
+    dirty: usize,
+    /// Segments mapped.
+    pub(crate) segments: usize,
+}
+
+// SAFETY: the page heap only holds pointers into segments it owns; it moves between threads
+// under its lock.
+unsafe impl Send for PageHeap {}
+
+impl PageHeap {
+    pub(crate) const fn new() -> Self {
+        PageHeap { partial: ptr::null_mut(), spare: ptr::null_mut(), dirty: 0, segments: 0 }
+    }
+
+    /// # Safety
+    /// `s` is a live segment on no list; the caller holds the lock.
+    unsafe fn link(&mut self, s: *mut Segment) {
+        // SAFETY: page-heap fields of a live segment, under the lock.
+        unsafe {
+            (*s).prev = ptr::null_mut();
+            (*s).next = self.partial;
+            if !self.partial.is_null() {
+                (*self.partial).prev = s;
+            }
+        }
+        self.partial = s;
+    }
+
+    /// # Safety
+    /// `s` is on the partial list; the caller holds the lock.
+    unsafe fn unlink(&mut self, s: *mut Segment) {
+        // SAFETY: page-heap fields of a live segment, under the lock.
+        unsafe {
+            let (prev, next) = ((*s).prev, (*s).next);
+            if prev.is_null() {
+                self.partial = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*s).next = ptr::null_mut();
+            (*s).prev = ptr::null_mut();
+        }
+    }
+}
+
+/// Bits of runs of `n` free slices (`n` a power of two ≤ 8) that start at a multiple of `n`.
+#[inline]
+fn runs(free: u64, n: usize) -> u64 {
+    const ALIGNED: [u64; 4] = [!0, 0x5555_5555_5555_5555, 0x1111_1111_1111_1111, 0x0101_0101_0101_0101];
+    let mut x = free;
+    let mut k = 1;
+    while k < n {
+        x &= x >> k;
+        k <<= 1;
+    }
+    x & ALIGNED[n.trailing_zeros() as usize]
+}
+
+/// The mask of `n` slices from `idx`.
+#[inline]
+fn run_mask(idx: usize, n: usize) -> u64 {
+    (((1u128 << n) - 1) as u64) << idx
+}
+
+/// The segment holding `page` (a descriptor inside its header).
+#[inline]
+fn segment_of_desc(page: *mut Page) -> *mut Segment {
+    page.map_addr(|a| a & !SEGMENT_MASK).cast()
+}
+
+/// Bytes of the header slice the page heap charges: its pages that the header touches.
+#[inline]
+fn header_bytes(page_size: usize) -> usize {
+    core::mem::size_of::<Segment>().next_multiple_of(page_size)
+}
+
+impl<P: Platform> Core<P> {
+    /// A fresh slab page of `class`, owned by `owner`, or `None` when the page source or the
+    /// accounting refuses (the caller decides what the context allows next).
+    ///
+    /// # Safety
+    /// `owner` is the caller's live heap.
+    pub(crate) unsafe fn span_alloc(
+        &self,
+        owner: *mut super::heap::Heap,
+        class: usize,
+        eff: Effective,
+    ) -> Option<*mut Page> {
+        let n = class_slices(class);
+        loop {
+            {
+                let mut ph = self.lock(&self.pages);
+                let mut seg = ph.partial;
+                while !seg.is_null() {
+                    // SAFETY: segments on the partial list are live; we hold the lock.
+                    unsafe {
+                        let free = (*seg).free;
+                        let all = runs(free, n);
+                        if all != 0 {
+                            let warm = all & runs(free & (*seg).committed, n);
+                            let idx = (if warm != 0 { warm } else { all }).trailing_zeros() as usize;
+                            let run = run_mask(idx, n);
+                            let clean = run & !(*seg).committed;
+                            let clean_bytes = clean.count_ones() as usize * SLICE_SIZE;
+                            if clean_bytes != 0 && !self.acct.charge(clean_bytes, eff) {
+                                return None;
+                            }
+                            ph.dirty -= (run & (*seg).committed).count_ones() as usize * SLICE_SIZE;
+                            (*seg).free &= !run;
+                            (*seg).committed |= run;
+                            if (*seg).free & ALL_SLICES == 0 {
+                                ph.unlink(seg);
+                            }
+                            let page = (&raw mut (*seg).pages).cast::<Page>().add(idx);
+                            self.page_init(page, seg, idx, n, class, owner, clean == run);
+                            let map = (&raw mut (*seg).slice_page).cast::<*mut Page>();
+                            for i in idx..idx + n {
+                                *map.add(i) = page;
+                            }
+                            self.counters.slab_pages.fetch_add(1, Ordering::Relaxed);
+                            return Some(page);
+                        }
+                        seg = (*seg).next;
+                    }
+                }
+                if !ph.spare.is_null() {
+                    let s = core::mem::replace(&mut ph.spare, ptr::null_mut());
+                    // SAFETY: the spare is a live segment on no list.
+                    unsafe { ph.link(s) };
+                    continue;
+                }
+            }
+            // Map outside the lock: a system call should not make other threads spin.
+            // SAFETY: plain call; the result is a fresh segment.
+            let seg = unsafe { self.segment_map(eff)? };
+            let mut ph = self.lock(&self.pages);
+            ph.segments += 1;
+            // SAFETY: a fresh segment on no list, under the lock.
+            unsafe { ph.link(seg) };
+        }
+    }
+
+    /// Fills a fresh descriptor.
+    ///
+    /// # Safety
+    /// `page` is the descriptor of slice `idx` of `seg`, whose span of `n` slices the caller has
+    /// just taken under the page-heap lock.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn page_init(
+        &self,
+        page: *mut Page,
+        seg: *mut Segment,
+        idx: usize,
+        n: usize,
+        class: usize,
+        owner: *mut super::heap::Heap,
+        clean: bool,
+    ) {
+        let bs = class_size(class);
+        let base = seg.addr() + idx * SLICE_SIZE;
+        // SAFETY: the descriptor is ours until published; the span lies in the segment.
+        unsafe {
+            ptr::write(page, Page::new());
+            (*page).block_size = bs as u32;
+            (*page).capacity = ((n * SLICE_SIZE) / bs) as u32;
+            (*page).start = self.platform.ptr_from_addr(base);
+            (*page).class = class as u8;
+            (*page).slices = n as u8;
+            (*page).fresh_zero = clean && P::MAP_ZEROED;
+            (*page).owner.store(owner, Ordering::Relaxed);
+        }
+    }
+
+    /// Maps and initialises a segment, charging its header.
+    ///
+    /// # Safety
+    /// None beyond the platform's contract.
+    unsafe fn segment_map(&self, eff: Effective) -> Option<*mut Segment> {
+        let hdr = header_bytes(P::PAGE_SIZE);
+        if !self.acct.charge(hdr, eff) {
+            return None;
+        }
+        // SAFETY: the segment size is a multiple of any page size and a power of two.
+        let Some(p) = (unsafe { self.os_map(SEGMENT_SIZE, SEGMENT_SIZE) }) else {
+            self.acct.uncharge(hdr);
+            return None;
+        };
+        let seg = p.as_ptr().cast::<Segment>();
+        // SAFETY: fresh memory of at least a slice; all-zero is a valid empty header.
+        unsafe {
+            if !P::MAP_ZEROED {
+                ptr::write_bytes(p.as_ptr(), 0, core::mem::size_of::<Segment>());
+            }
+            (*seg).free = ALL_SLICES;
+            (*seg).committed = 1;
+        }
+        Some(seg)
+    }
+
+    /// Gives a slab page's span back to the page heap.
+    ///
+    /// # Safety
+    /// `page` is live, has no block in use, and is on no list; nobody will touch it again.
+    pub(crate) unsafe fn span_free(&self, page: *mut Page) {
+        let seg = segment_of_desc(page);
+        // SAFETY: `page` is a descriptor inside `seg`'s header.
+        let idx = unsafe { page.offset_from((&raw mut (*seg).pages).cast::<Page>()) } as usize;
+        // SAFETY: the page is live.
+        let n = unsafe { (*page).slices } as usize;
+        let run = run_mask(idx, n);
+        self.counters.slab_pages.fetch_sub(1, Ordering::Relaxed);
+        let mut unmap = None;
+        {
+            let mut ph = self.lock(&self.pages);
+            // SAFETY: the segment is live (it holds this page); page-heap fields under the lock.
+            unsafe {
+                let map = (&raw mut (*seg).slice_page).cast::<*mut Page>();
+                for i in idx..idx + n {
+                    *map.add(i) = ptr::null_mut();
+                }
+                (*page).block_size = 0;
+                let was_full = (*seg).free & ALL_SLICES == 0;
+                (*seg).free |= run;
+                ph.dirty += n * SLICE_SIZE;
+                if was_full {
+                    ph.link(seg);
+                }
+                if (*seg).free & ALL_SLICES == ALL_SLICES {
+                    ph.unlink(seg);
+                    if ph.spare.is_null() {
+                        ph.spare = seg;
+                    } else {
+                        let dirty = ((*seg).committed & ALL_SLICES).count_ones() as usize * SLICE_SIZE;
+                        ph.dirty -= dirty;
+                        ph.segments -= 1;
+                        unmap = Some((seg, dirty));
+                    }
+                } else if P::CAN_PURGE && ph.dirty > PURGE_SLACK + self.acct.usage() / 8 {
+                    ph.dirty -= self.segment_purge(seg);
+                }
+            }
+        }
+        if let Some((seg, dirty)) = unmap {
+            // SAFETY: the segment is empty and on no list; nobody can reach it.
+            unsafe { self.segment_unmap(seg, dirty) };
+        }
+    }
+
+    /// Returns an empty segment to the page source and uncharges it.
+    ///
+    /// # Safety
+    /// `seg` is empty, unlinked and unreachable.
+    unsafe fn segment_unmap(&self, seg: *mut Segment, dirty: usize) {
+        self.acct.uncharge(dirty + header_bytes(P::PAGE_SIZE));
+        // SAFETY: per the contract; `seg` came from `os_map(SEGMENT_SIZE, ..)`.
+        unsafe { self.os_unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
+    }
+
+    /// Purges every free, committed slice of `seg`; returns the bytes given back.
+    ///
+    /// # Safety
+    /// `seg` is live; the caller holds the page-heap lock (so no span of it can be handed out
+    /// while its memory is being purged).
+    unsafe fn segment_purge(&self, seg: *mut Segment) -> usize {
+        // SAFETY: page-heap fields under the lock.
+        let mut dirty = unsafe { (*seg).free & (*seg).committed & ALL_SLICES };
+        let mut given = 0;
+        while dirty != 0 {
+            let start = dirty.trailing_zeros() as usize;
+            let len = (dirty >> start).trailing_ones() as usize;
+            let run = run_mask(start, len);
+            let ptr = self.platform.ptr_from_addr(seg.addr() + start * SLICE_SIZE);
+            // SAFETY: free slices of a live segment hold nothing anyone reads.
+            if unsafe { self.platform.purge(NonNull::new_unchecked(ptr), len * SLICE_SIZE) } {
+                // SAFETY: under the lock.
+                unsafe { (*seg).committed &= !run };
+                given += len * SLICE_SIZE;
+            }
+            dirty &= !run;
+        }
+        if given != 0 {
+            self.acct.uncharge(given);
+            self.counters.purged.fetch_add(given, Ordering::Relaxed);
+        }
+        given
+    }
+
+    /// Purges every dirty slice and returns the spare segment: the page heap's part of
+    /// [`Core::trim`].
+    pub(crate) fn pages_trim(&self) {
+        let spare = {
+            let mut ph = self.lock(&self.pages);
+            if P::CAN_PURGE {
+                let mut seg = ph.partial;
+                while !seg.is_null() {
+                    // SAFETY: live segment on the partial list, under the lock.
+                    unsafe {
+                        ph.dirty -= self.segment_purge(seg);
+                        seg = (*seg).next;
+                    }
+                }
+            }
+            let spare = core::mem::replace(&mut ph.spare, ptr::null_mut());
+            if !spare.is_null() {
+                // SAFETY: the spare is live; under the lock.
+                let dirty = unsafe { (*spare).committed & ALL_SLICES }.count_ones() as usize * SLICE_SIZE;
+                ph.dirty -= dirty;
+                ph.segments -= 1;
+                Some((spare, dirty))
+            } else {
+                None
+            }
+        };
+        if let Some((seg, dirty)) = spare {
+            // SAFETY: the spare was empty and is now unreachable.
+            unsafe { self.segment_unmap(seg, dirty) };
+        }
+    }
+
+    /// The page covering `addr`, which must lie in a live slab page.
+    ///
+    /// # Safety
+    /// `addr` is inside a block of a live slab page.
+    #[inline(always)]
+    pub(crate) unsafe fn page_of(&self, addr: usize) -> *mut Page {
+        let seg = self.platform.ptr_from_addr(addr & !SEGMENT_MASK).cast::<Segment>();
+        let idx = (addr >> SLICE_SHIFT) & (SLICES - 1);
+        // SAFETY: the segment header is mapped while any of its spans is live; the entry was
+        // written before the block was handed out.
+        unsafe { *(&raw const (*seg).slice_page).cast::<*mut Page>().add(idx) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_find_aligned_free_spans() {
+        assert_eq!(runs(0b1111_0110, 1), 0b1111_0110);
+        assert_eq!(runs(0b1111_0110, 2), 0b0101_0000);
+        assert_eq!(runs(0b1111_0110, 4), 0b0001_0000);
+        assert_eq!(runs(0b1111_0110, 8), 0);
+        assert_eq!(runs(!1, 8), 0x0101_0101_0101_0100);
+        assert_eq!(run_mask(62, 2), 0b11 << 62);
+        assert_eq!(run_mask(56, 8), 0xff << 56);
+    }
+}

@@ -1,0 +1,160 @@
+//! Atomics, an interior-mutability cell and a spin lock — switched to loom's under `cfg(loom)` so
+//! the lock-free structures can be model-checked.
+//!
+//! Only the modules that loom models (`slab::remote`) are compiled under `cfg(loom)`: everything
+//! else needs `const` constructors, which loom's types do not have.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+#[cfg(not(loom))]
+use core::cell::UnsafeCell;
+#[cfg(not(loom))]
+use core::ops::{Deref, DerefMut};
+
+/// An `UnsafeCell` with loom's closure API, so that loom can check every access for data races.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct RawCell<T>(UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> RawCell<T> {
+    /// A cell holding `v`.
+    #[allow(dead_code)]
+    pub(crate) const fn new(v: T) -> Self {
+        RawCell(UnsafeCell::new(v))
+    }
+
+    /// Reads through a shared pointer to the value.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Writes through a mutable pointer to the value.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell as RawCell;
+
+/// A test-and-test-and-set spin lock.
+///
+/// ctxalloc's locks guard only the allocator's own slow-path structures (the page heap, the
+/// abandoned-page lists, the heap pool, the vmap registry). None is ever held while a shrinker
+/// runs or while the caller waits, so a thread that holds one never needs another thread to make
+/// progress except by releasing it; the spin is bounded by the critical sections, which are short
+/// and never allocate through the global allocator.
+///
+/// Waiters spin for a while, then call the `relax` hook they were given (the platform's yield).
+#[cfg(not(loom))]
+pub struct SpinLock<T> {
+    /// `true` while held. Acquire on lock, Release on unlock.
+    locked: AtomicBool,
+    /// Touched only by the holder.
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises all access to `value`; `T: Send` lets the value move between the
+// threads that hold the lock in turn.
+#[cfg(not(loom))]
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: owning the lock owns the value.
+#[cfg(not(loom))]
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+#[cfg(not(loom))]
+impl<T> SpinLock<T> {
+    /// An unlocked lock holding `value`.
+    pub const fn new(value: T) -> Self {
+        SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+    }
+
+    /// Acquires the lock, calling `relax` between rounds of spinning.
+    #[inline]
+    pub fn lock_with(&self, relax: impl Fn()) -> SpinGuard<'_, T> {
+        loop {
+            if !self.locked.swap(true, Ordering::Acquire) {
+                return SpinGuard { lock: self };
+            }
+            let mut spins = 0u32;
+            while self.locked.load(Ordering::Relaxed) {
+                if spins < 100 {
+                    core::hint::spin_loop();
+                    spins += 1;
+                } else {
+                    relax();
+                }
+            }
+        }
+    }
+
+    /// Acquires the lock if it is free.
+    #[inline]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        if self.locked.swap(true, Ordering::Acquire) {
+            None
+        } else {
+            Some(SpinGuard { lock: self })
+        }
+    }
+
+    /// Marks the lock free without a guard: for the child of `fork`, where the thread that held
+    /// the lock no longer exists.
+    ///
+    /// # Safety
+    /// No guard of this lock may be alive in the calling thread, and no other thread may exist
+    /// that could hold one.
+    pub unsafe fn force_unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+
+    /// Releases a lock taken with `core::mem::forget(guard)` (the `fork` prepare handler keeps
+    /// the locks held across `fork`).
+    ///
+    /// # Safety
+    /// The calling thread must hold the lock through a forgotten guard.
+    pub unsafe fn unlock_forgotten(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Holds a [`SpinLock`]; dropping it releases the lock.
+#[cfg(not(loom))]
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+#[cfg(not(loom))]
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves the lock is held by this thread.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+#[cfg(not(loom))]
+impl<T> DerefMut for SpinGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves the lock is held by this thread, and `&mut self` that no other
+        // reference obtained through this guard is alive.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+#[cfg(not(loom))]
+impl<T> Drop for SpinGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}

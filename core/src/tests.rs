@@ -1,0 +1,453 @@
+//! Tests of the whole core over the mock platform. They run natively and under miri (strict
+//! provenance, Stacked Borrows); miri gets smaller counts.
+
+use crate::mock::model::Model;
+use crate::mock::MockPlatform;
+use crate::size_class::SLAB_MAX;
+use crate::{Core, Gfp, Platform};
+use core::alloc::Layout;
+use std::sync::mpsc;
+use std::thread;
+use std::vec::Vec;
+
+const MIRI: bool = cfg!(miri);
+
+fn new_core(mib: usize) -> Core<MockPlatform> {
+    Core::new(MockPlatform::new(mib << 20))
+}
+
+/// xorshift64*: deterministic, seedable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Frees everything the calling thread keeps and checks that all memory came back: only the heap
+/// chunk and the vmap table (if any) stay charged, and no segment is mapped.
+fn assert_all_returned(core: &Core<MockPlatform>) {
+    core.trim();
+    let s = core.stats();
+    assert_eq!(s.slab_pages, 0, "{s}");
+    assert_eq!(s.segments, 0, "{s}");
+    assert_eq!(s.vmap_areas, 0, "{s}");
+    assert_eq!(s.abandoned_pages, 0, "{s}");
+    assert!(s.usage <= 64 * 1024 + 4096, "usage {} after everything was freed\n{s}", s.usage);
+    assert_eq!(core.platform().mapped_bytes(), s.usage, "mapped vs charged\n{s}");
+}
+
+#[test]
+fn sizes_and_alignments_through_the_contract() {
+    let core = new_core(if MIRI { 24 } else { 96 });
+    let mut m = Model::new(&core);
+    let sizes: &[usize] = if MIRI {
+        &[1, 16, 17, 1025, 4000, SLAB_MAX, SLAB_MAX + 1, 100_000]
+    } else {
+        &[
+            1,
+            2,
+            7,
+            8,
+            15,
+            16,
+            17,
+            24,
+            31,
+            32,
+            33,
+            100,
+            127,
+            128,
+            129,
+            500,
+            1000,
+            1024,
+            1025,
+            2000,
+            4095,
+            4096,
+            4097,
+            10_000,
+            32_768,
+            40_000,
+            SLAB_MAX,
+            SLAB_MAX + 1,
+            100_000,
+            1 << 20,
+            3 << 20,
+        ]
+    };
+    let max_align = if MIRI { 1 << 16 } else { 2 << 20 };
+    for &size in sizes {
+        let mut align = 1;
+        while align <= max_align {
+            assert!(m.alloc(size, align, Gfp::KERNEL), "alloc({size}, {align})");
+            assert!(m.alloc(size, align, Gfp::ZERO), "alloc_zeroed({size}, {align})");
+            align *= if MIRI { 16 } else { 2 };
+            // Keep memory bounded: a few blocks stay live across sizes.
+            while m.len() > 6 {
+                m.free(m.len() / 2);
+            }
+        }
+    }
+    m.check_all();
+    m.free_all();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn realloc_preserves_bytes_on_every_path() {
+    let core = new_core(32);
+    let mut m = Model::new(&core);
+    // slab → slab (in place and moving), slab → vmap, vmap → vmap (grow by remap, shrink in
+    // place), vmap → slab, aligned.
+    for align in [8, 64, 4096] {
+        assert!(m.alloc(20, align, Gfp::KERNEL));
+        let i = m.len() - 1;
+        let big = if MIRI { 80_000 } else { 1 << 20 };
+        for new in [24, 30, 200, 5000, 70_000, 300_000.min(big * 2), 200_000.min(big), big, 100_000.min(big), 3000, 10] {
+            assert!(m.realloc(i, new), "realloc to {new} (align {align})");
+        }
+    }
+    m.free_all();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn zeroed_memory_is_zero_also_when_reused() {
+    let core = new_core(16);
+    let mut m = Model::new(&core);
+    // Dirty blocks of several classes, freed, then reused by zeroed allocations.
+    for round in 0..3 {
+        for size in [16, 48, 256, 3000, 20_000, 100_000] {
+            for _ in 0..(if MIRI { 3 } else { 40 }) {
+                assert!(m.alloc(size, 8, if round == 0 { Gfp::KERNEL } else { Gfp::ZERO }));
+            }
+        }
+        m.free_all();
+    }
+}
+
+#[test]
+fn random_operations_against_the_model() {
+    let core = new_core(64);
+    for seed in 1..=(if MIRI { 1u64 } else { 8 }) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut m = Model::new(&core);
+        for _ in 0..(if MIRI { 150 } else { 20_000 }) {
+            match rng.below(10) {
+                0..=4 => {
+                    let size = match rng.below(20) {
+                        0 => rng.below(if MIRI { 100_000 } else { 400_000 }) as usize,
+                        1..=3 => rng.below(SLAB_MAX as u64 + 1) as usize,
+                        _ => rng.below(600) as usize,
+                    };
+                    let big = rng.below(8) == 0;
+                    let align = 1 << rng.below(if big { 14 } else { 5 });
+                    let flags = if rng.below(4) == 0 { Gfp::ZERO } else { Gfp::KERNEL };
+                    m.alloc(size, align, flags);
+                }
+                5..=7 => m.free(rng.next() as usize),
+                _ => {
+                    let new = if rng.below(5) == 0 { rng.below(300_000) } else { rng.below(2000) };
+                    m.realloc(rng.next() as usize, new as usize);
+                }
+            }
+            let usage = core.usage();
+            assert!(usage >= m.live_bytes(), "usage {usage} below live bytes {}", m.live_bytes());
+            assert!(usage <= core.platform().mapped_bytes());
+        }
+        m.check_all();
+    }
+    assert_all_returned(&core);
+}
+
+#[test]
+fn cross_thread_frees_are_reused_by_the_owner() {
+    let core = new_core(32);
+    let rounds = if MIRI { 2 } else { 20 };
+    let n = if MIRI { 50 } else { 5000 };
+    let (tx, rx) = mpsc::sync_channel::<Vec<usize>>(1);
+    let l = Layout::from_size_align(48, 8).unwrap();
+    thread::scope(|s| {
+        let core = &core;
+        s.spawn(move || {
+            for batch in rx {
+                for a in batch {
+                    // SAFETY: blocks allocated by the producer with `l`.
+                    unsafe { core.dealloc(core.platform().ptr_from_addr(a), l) };
+                }
+            }
+            core.thread_exit();
+        });
+        let mut peak = 0;
+        for _ in 0..rounds {
+            let batch: Vec<usize> = (0..n)
+                // SAFETY: a valid layout.
+                .map(|_| unsafe { core.alloc(l) }.addr())
+                .collect();
+            assert!(batch.iter().all(|&a| a != 0));
+            tx.send(batch).unwrap();
+            peak = peak.max(core.usage());
+        }
+        drop(tx);
+        // Two batches in flight at most: remote frees were reused, not leaked.
+        let per_batch = n * 48;
+        assert!(peak <= 4 * per_batch + (1 << 20), "peak {peak} for batches of {per_batch}");
+    });
+    core.thread_exit();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn pages_of_exited_threads_are_adopted_and_returned() {
+    let core = new_core(32);
+    let n = if MIRI { 40 } else { 3000 };
+    let sizes = [16, 100, 2000, 30_000];
+    // A thread allocates and exits; its blocks outlive it.
+    let blocks: Vec<(usize, Layout)> = thread::scope(|s| {
+        s.spawn(|| {
+            let v: Vec<_> = (0..n)
+                .map(|i| {
+                    let l = Layout::from_size_align(sizes[i % sizes.len()], 8).unwrap();
+                    // SAFETY: valid layout.
+                    let p = unsafe { core.alloc(l) };
+                    assert!(!p.is_null());
+                    (p.addr(), l)
+                })
+                .collect();
+            core.thread_exit();
+            v
+        })
+        .join()
+        .unwrap()
+    });
+    let s = core.stats();
+    assert!(s.abandoned_pages > 0, "{s}");
+    assert_eq!(s.heaps, 0, "the exited heap went back to the pool\n{s}");
+    // Half freed by a thread without a heap (locked path), half by one with a heap (adoption).
+    let (a, b) = blocks.split_at(blocks.len() / 2);
+    thread::scope(|s| {
+        s.spawn(|| {
+            for &(p, l) in a {
+                // SAFETY: live blocks with their layouts.
+                unsafe { core.dealloc(core.platform().ptr_from_addr(p), l) };
+            }
+        });
+    });
+    let l = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: valid layout; gives this thread a heap.
+    unsafe { core.dealloc(core.alloc(l), l) };
+    for &(p, l) in b {
+        // SAFETY: live blocks with their layouts.
+        unsafe { core.dealloc(core.platform().ptr_from_addr(p), l) };
+    }
+    core.thread_exit();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn allocation_after_thread_exit_uses_the_orphan_heap() {
+    let core = new_core(16);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let l = Layout::from_size_align(40, 8).unwrap();
+            // SAFETY: valid layout.
+            let a = unsafe { core.alloc(l) };
+            core.thread_exit();
+            // What a later thread-local destructor would do.
+            // SAFETY: valid layout.
+            let b = unsafe { core.alloc(l) };
+            assert!(!a.is_null() && !b.is_null() && a != b);
+            // SAFETY: live blocks.
+            unsafe {
+                core.dealloc(a, l);
+                core.dealloc(b, l);
+            }
+        });
+    });
+    assert_eq!(core.stats().heaps, 1, "only the orphan heap is held");
+}
+
+#[test]
+fn vmap_descriptor_is_allocated_in_the_callers_context() {
+    // R2.1: the descriptor of a per-call NOFS large allocation comes from the slab inside a NOFS
+    // scope, so the page source (and, later, reclaim) sees NOFS; afterwards the word is clean.
+    let core = new_core(16);
+    let l = Layout::from_size_align(1 << 20, 8).unwrap();
+    let p = core.alloc_with(l, Gfp::NOFS | Gfp::NOWARN).unwrap();
+    assert_eq!(core.current(), Gfp::KERNEL, "the internal scope was closed");
+    let ctx = core.platform().map_contexts();
+    // Maps: the heap chunk (no context), the segment for the descriptor (NOFS), the vmap table,
+    // the area itself.
+    assert!(ctx.len() >= 3, "{ctx:?}");
+    assert_eq!(ctx[1], Gfp::NOFS, "segment mapped for the descriptor: {ctx:?}");
+    // A NOIO request carries NOIO (and so NOFS) into its metadata too.
+    let q = core.alloc_with(Layout::from_size_align(3 << 20, 4096).unwrap(), Gfp::NOIO);
+    assert!(q.is_ok());
+    // SAFETY: live blocks.
+    unsafe {
+        core.dealloc(p.as_ptr(), l);
+        core.dealloc(q.unwrap().as_ptr(), Layout::from_size_align(3 << 20, 4096).unwrap());
+    }
+    assert_all_returned(&core);
+}
+
+#[test]
+fn exhaustion_returns_null_and_reports_once() {
+    let core = new_core(8);
+    core.platform().fail_all_maps(true);
+    let l = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: valid layout.
+    assert!(unsafe { core.alloc(l) }.is_null());
+    assert!(core.alloc_with(Layout::from_size_align(1 << 20, 8).unwrap(), Gfp::KERNEL).is_err());
+    assert!(core.alloc_with(l, Gfp::NOWARN).is_err());
+    let reports = core.platform().reports();
+    assert_eq!(reports.len(), 1, "rate-limited to one: {reports:?}");
+    assert!(reports[0].contains("allocation of 64 bytes failed"), "{reports:?}");
+    assert_eq!(core.stats().alloc_failures, 3);
+    // An impossible size fails cleanly.
+    core.platform().fail_all_maps(false);
+    assert!(core
+        .alloc_with(Layout::from_size_align(isize::MAX as usize - 4096, 8).unwrap(), Gfp::NOWARN)
+        .is_err());
+    // And memory flows again once the source recovers.
+    // SAFETY: valid layout.
+    let p = unsafe { core.alloc(l) };
+    assert!(!p.is_null());
+    // SAFETY: live block.
+    unsafe { core.dealloc(p, l) };
+}
+
+#[test]
+fn injected_page_source_failures_lose_nothing() {
+    let core = new_core(32);
+    let mut m = Model::new(&core);
+    let mut rng = Rng(77);
+    for i in 0..(if MIRI { 100 } else { 5000 }) {
+        if i % 50 == 0 {
+            core.platform().fail_next_maps(rng.below(3) as usize);
+        }
+        if rng.below(3) < 2 {
+            let big = if MIRI { 70_000 } else { 200_000 };
+            let size = if rng.below(10) == 0 { big } else { rng.below(3000) as usize };
+            m.alloc(size, 8, Gfp::NOWARN);
+        } else {
+            m.free(rng.next() as usize);
+        }
+    }
+    m.check_all();
+    m.free_all();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn a_bad_large_free_is_reported_with_the_pointer() {
+    let core = new_core(8);
+    let l = Layout::from_size_align(100_000, 8).unwrap();
+    // SAFETY: valid layout.
+    let p = unsafe { core.alloc(l) };
+    // SAFETY: live block, then freed twice.
+    unsafe {
+        core.dealloc(p, l);
+        core.dealloc(p, l);
+    }
+    let r = core.platform().reports();
+    let want = std::format!("{p:p}");
+    assert!(r.iter().any(|m| m.contains(&want) && m.contains("double free")), "{r:?}");
+    assert_eq!(core.stats().bad_frees, 1);
+}
+
+#[test]
+fn scopes_through_the_core() {
+    let core = new_core(8);
+    let here = core::panic::Location::caller();
+    let a = core.scope_save(Gfp::NOFS, here);
+    let b = core.scope_save(Gfp::NOIO, here);
+    assert_eq!(core.current(), Gfp::NOFS | Gfp::NOIO);
+    assert!(core.effective(Gfp::KERNEL).gfp().contains(Gfp::NOFS));
+    core.scope_restore(a);
+    core.scope_restore(b);
+    assert_eq!(core.current(), Gfp::KERNEL);
+    let mispairs = core.stats().scope_mispairs;
+    assert_eq!(mispairs, u64::from(cfg!(debug_assertions)));
+    if cfg!(debug_assertions) {
+        assert!(core.platform().reports()[0].contains("out of order"));
+    }
+    // Scopes are per thread.
+    let c = core.scope_save(Gfp::NOFS, here);
+    thread::scope(|s| {
+        s.spawn(|| assert_eq!(core.current(), Gfp::KERNEL));
+    });
+    core.scope_restore(c);
+}
+
+#[test]
+fn fork_child_abandons_the_heaps_of_missing_threads() {
+    let core = new_core(16);
+    let l = Layout::from_size_align(256, 8).unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let (btx, brx) = mpsc::channel::<Vec<usize>>();
+    thread::scope(|s| {
+        let core = &core;
+        s.spawn(move || {
+            // SAFETY: valid layout.
+            let v: Vec<usize> = (0..20).map(|_| unsafe { core.alloc(l) }.addr()).collect();
+            btx.send(v).unwrap();
+            rx.recv().unwrap(); // stays alive, like a thread that exists in the parent only
+        });
+        let blocks = brx.recv().unwrap();
+        // SAFETY: gives this thread a heap.
+        unsafe { core.dealloc(core.alloc(l), l) };
+        // What pthread_atfork does around fork(), with this thread as the child's only one.
+        core.fork_prepare();
+        // SAFETY: this thread ran fork_prepare; the other thread is treated as gone.
+        unsafe { core.fork_child() };
+        let st = core.stats();
+        assert!(st.abandoned_pages >= 1, "{st}");
+        assert_eq!(st.heaps, 1, "{st}");
+        for a in blocks {
+            // SAFETY: live blocks of the "vanished" thread.
+            unsafe { core.dealloc(core.platform().ptr_from_addr(a), l) };
+        }
+        tx.send(()).unwrap();
+    });
+    core.thread_exit();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn dirty_slices_are_purged_past_the_threshold() {
+    if MIRI {
+        return; // needs tens of MiB of blocks
+    }
+    let core = new_core(64);
+    let l = Layout::from_size_align(4096, 8).unwrap();
+    // ~24 MiB of 4 KiB blocks; keep one block per 64 KiB page so segments stay partly used.
+    // SAFETY: valid layout.
+    let blocks: Vec<*mut u8> = (0..6000).map(|_| unsafe { core.alloc(l) }).collect();
+    let per_page = 16;
+    for (i, &p) in blocks.iter().enumerate() {
+        if i % (per_page * 4) != 0 {
+            // SAFETY: live blocks.
+            unsafe { core.dealloc(p, l) };
+        }
+    }
+    let s = core.stats();
+    assert!(s.purged_bytes > 0, "{s}");
+    assert!(s.usage < 16 << 20, "{s}");
+    for (i, &p) in blocks.iter().enumerate() {
+        if i % (per_page * 4) == 0 {
+            // SAFETY: live blocks.
+            unsafe { core.dealloc(p, l) };
+        }
+    }
+    assert_all_returned(&core);
+}

@@ -1,0 +1,391 @@
+//! vmap: the vmalloc-like path for requests above the slab maximum or with alignments no size
+//! class has. Page-granular mappings straight from the page source, resized in place with
+//! `remap` where the platform can, and a registry of areas.
+//!
+//! Each area has a descriptor ([`VmArea`]) allocated *from the slab*, and that allocation runs
+//! inside an internal scope equal to the caller's effective context — the kernel's fix for
+//! `vmalloc(GFP_NOFS)` (R2.1): the caller's restrictions hold for the metadata too, so a per-call
+//! NOFS large allocation can never enter a filesystem shrinker through its descriptor.
+//!
+//! The registry is a chained hash table keyed by address, under `Core::vmap`; its bucket array
+//! comes from the page source directly and doubles as areas are added. The lock is never held
+//! across a call that could allocate or reclaim.
+
+use crate::gfp::{Effective, Gfp};
+use crate::size_class::class_of;
+use crate::sync::Ordering;
+use crate::{Core, Platform};
+use core::alloc::Layout;
+use core::panic::Location;
+use core::ptr::{self, NonNull};
+
+/// One mapped area. Allocated from the slab; owned by the registry while registered, by the
+/// thread working on the area otherwise.
+#[repr(C)]
+pub(crate) struct VmArea {
+    /// Start of the mapping (the pointer handed out).
+    addr: usize,
+    /// Length of the mapping.
+    len: usize,
+    /// Next area in the bucket.
+    next: *mut VmArea,
+}
+
+/// The registry, under `Core::vmap`.
+pub(crate) struct Registry {
+    /// `1 << shift` bucket heads, from the page source; null before the first area.
+    buckets: *mut *mut VmArea,
+    /// log2 of the bucket count.
+    shift: u32,
+    /// Areas registered.
+    pub(crate) count: usize,
+    /// Bytes mapped by registered areas.
+    pub(crate) bytes: usize,
+}
+
+// SAFETY: the registry owns its buckets and descriptors; it moves between threads under its lock.
+unsafe impl Send for Registry {}
+
+const INITIAL_SHIFT: u32 = 9;
+
+impl Registry {
+    pub(crate) const fn new() -> Self {
+        Registry { buckets: ptr::null_mut(), shift: 0, count: 0, bytes: 0 }
+    }
+
+    #[inline]
+    fn bucket(&self, addr: usize) -> usize {
+        let h = ((addr as u64) >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> (64 - self.shift)) as usize
+    }
+
+    /// Whether one more area needs a bigger table.
+    fn needs_grow(&self) -> bool {
+        self.buckets.is_null() || self.count + 1 > 2 << self.shift
+    }
+
+    /// The shift of the next table.
+    fn next_shift(&self) -> u32 {
+        if self.buckets.is_null() {
+            INITIAL_SHIFT
+        } else {
+            self.shift + 1
+        }
+    }
+
+    /// Moves every area into `buckets` (zeroed, `1 << shift` long); returns the old table.
+    ///
+    /// # Safety
+    /// `buckets` is zeroed memory for `1 << shift` pointers.
+    unsafe fn rehash(&mut self, buckets: *mut *mut VmArea, shift: u32) -> (*mut *mut VmArea, u32) {
+        let old = (self.buckets, self.shift);
+        self.buckets = buckets;
+        self.shift = shift;
+        if !old.0.is_null() {
+            for i in 0..1usize << old.1 {
+                // SAFETY: the old table and its chains are ours under the lock.
+                unsafe {
+                    let mut a = *old.0.add(i);
+                    while !a.is_null() {
+                        let next = (*a).next;
+                        let b = self.buckets.add(self.bucket((*a).addr));
+                        (*a).next = *b;
+                        *b = a;
+                        a = next;
+                    }
+                }
+            }
+        }
+        old
+    }
+
+    /// # Safety
+    /// `a` is a filled descriptor on no chain; the table has room (`!needs_grow()`).
+    unsafe fn insert(&mut self, a: *mut VmArea) {
+        // SAFETY: per the contract.
+        unsafe {
+            let b = self.buckets.add(self.bucket((*a).addr));
+            (*a).next = *b;
+            *b = a;
+            self.bytes += (*a).len;
+        }
+        self.count += 1;
+    }
+
+    /// Unlinks and returns the area starting at `addr`, or null.
+    fn remove(&mut self, addr: usize) -> *mut VmArea {
+        if self.buckets.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: the table and its chains are ours under the lock.
+        unsafe {
+            let mut link = self.buckets.add(self.bucket(addr));
+            while !(*link).is_null() {
+                let a = *link;
+                if (*a).addr == addr {
+                    *link = (*a).next;
+                    self.count -= 1;
+                    self.bytes -= (*a).len;
+                    return a;
+                }
+                link = &raw mut (*a).next;
+            }
+        }
+        ptr::null_mut()
+    }
+}
+
+/// `n` rounded up to a multiple of `page`, or `None` on overflow.
+#[inline]
+fn page_round(n: usize, page: usize) -> Option<usize> {
+    n.max(1).checked_next_multiple_of(page)
+}
+
+impl<P: Platform> Core<P> {
+    /// Allocates a vmap area for `layout`.
+    ///
+    /// # Safety
+    /// None beyond `GlobalAlloc::alloc`'s: the result is null or a fresh block.
+    #[track_caller]
+    pub(crate) unsafe fn vmap_alloc(&self, layout: Layout, call: Gfp) -> *mut u8 {
+        // SAFETY: the platform hands out the calling thread's context.
+        let t = unsafe { &*self.platform.thread() };
+        let eff = Effective::new(call, t.scope.current());
+        let align = layout.align().max(P::PAGE_SIZE);
+        let Some(len) = page_round(layout.size(), P::PAGE_SIZE).filter(|&l| l <= isize::MAX as usize - align)
+        else {
+            return self.alloc_failed(layout.size(), eff);
+        };
+
+        // The descriptor, from the slab, inside the caller's effective context (R2.1).
+        let cookie = t.scope.save(eff.scope_bits(), Location::caller());
+        let modifiers = call & (Gfp::NOWARN | Gfp::NORETRY | Gfp::MAYFAIL | Gfp::NOMEMALLOC);
+        // SAFETY: a slab class for a small, 8-aligned layout.
+        let desc = unsafe { self.alloc_class(class_of(size_of::<VmArea>()), size_of::<VmArea>(), modifiers) }
+            .cast::<VmArea>();
+        t.scope.restore(cookie, |m| self.mispair(m));
+        if desc.is_null() {
+            return ptr::null_mut();
+        }
+
+        if !self.acct.charge(len, eff) {
+            // SAFETY: the descriptor is ours.
+            unsafe { self.slab_free(desc.cast()) };
+            return self.alloc_failed(layout.size(), eff);
+        }
+        // SAFETY: `len` and `align` are page multiples; `align` a power of two.
+        let Some(p) = (unsafe { self.os_map(len, align) }) else {
+            self.acct.uncharge(len);
+            // SAFETY: the descriptor is ours.
+            unsafe { self.slab_free(desc.cast()) };
+            return self.alloc_failed(layout.size(), eff);
+        };
+        // SAFETY: the descriptor is ours until registered.
+        unsafe {
+            desc.write(VmArea { addr: p.as_ptr().addr(), len, next: ptr::null_mut() });
+            if !self.registry_insert(desc, eff) {
+                self.os_unmap(p, len);
+                self.acct.uncharge(len);
+                self.slab_free(desc.cast());
+                return self.alloc_failed(layout.size(), eff);
+            }
+        }
+        if call.contains(Gfp::ZERO) && !P::MAP_ZEROED {
+            // SAFETY: the mapping is ours and `len` long.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
+        }
+        p.as_ptr()
+    }
+
+    /// Registers a filled descriptor, growing the table first if it is due and memory allows
+    /// (otherwise chains just get longer). False only if there is no table at all and no memory
+    /// for one.
+    ///
+    /// # Safety
+    /// `desc` is a filled descriptor nobody else knows.
+    unsafe fn registry_insert(&self, desc: *mut VmArea, eff: Effective) -> bool {
+        let mut prepared: Option<(NonNull<u8>, u32)> = None;
+        let mut tried = false;
+        loop {
+            let mut reg = self.lock(&self.vmap);
+            let mut retired = None;
+            if let Some((table, shift)) = prepared.take() {
+                if reg.needs_grow() && reg.next_shift() == shift {
+                    // SAFETY: a zeroed table of `1 << shift` heads.
+                    let (old, old_shift) = unsafe { reg.rehash(table.as_ptr().cast(), shift) };
+                    retired = NonNull::new(old.cast::<u8>()).map(|t| (t, old_shift));
+                } else {
+                    retired = Some((table, shift)); // someone else grew it meanwhile
+                }
+            }
+            let ready = !reg.needs_grow() || (tried && !reg.buckets.is_null());
+            if ready {
+                // SAFETY: per the contract; the table exists.
+                unsafe { reg.insert(desc) };
+            }
+            let shift = reg.next_shift();
+            drop(reg);
+            if let Some((t, s)) = retired {
+                // SAFETY: a table no longer referenced.
+                unsafe { self.table_unmap(t, s) };
+            }
+            if ready {
+                return true;
+            }
+            if tried {
+                return false;
+            }
+            tried = true;
+            // A bigger table, mapped outside the lock.
+            prepared = self.table_map(shift, eff).map(|t| (t, shift));
+        }
+    }
+
+    fn table_bytes(shift: u32) -> usize {
+        (size_of::<*mut VmArea>() << shift).next_multiple_of(P::PAGE_SIZE)
+    }
+
+    /// A zeroed, charged bucket table of `1 << shift` heads.
+    fn table_map(&self, shift: u32, eff: Effective) -> Option<NonNull<u8>> {
+        let bytes = Self::table_bytes(shift);
+        if !self.acct.charge(bytes, eff) {
+            return None;
+        }
+        // SAFETY: whole pages.
+        let Some(t) = (unsafe { self.os_map(bytes, P::PAGE_SIZE) }) else {
+            self.acct.uncharge(bytes);
+            return None;
+        };
+        if !P::MAP_ZEROED {
+            // SAFETY: a fresh mapping of `bytes`.
+            unsafe { ptr::write_bytes(t.as_ptr(), 0, bytes) };
+        }
+        Some(t)
+    }
+
+    /// # Safety
+    /// `t` is a table from `table_map(shift, _)` that nothing references.
+    unsafe fn table_unmap(&self, t: NonNull<u8>, shift: u32) {
+        let bytes = Self::table_bytes(shift);
+        // SAFETY: per the contract.
+        unsafe { self.os_unmap(t, bytes) };
+        self.acct.uncharge(bytes);
+    }
+
+    /// Frees a vmap area. A pointer that is not a live area is reported and ignored.
+    ///
+    /// # Safety
+    /// `ptr` came from [`vmap_alloc`](Self::vmap_alloc) (or is reported as a bad free).
+    pub(crate) unsafe fn vmap_free(&self, ptr: *mut u8, layout: Layout) {
+        let desc = self.lock(&self.vmap).remove(ptr.addr());
+        if desc.is_null() {
+            self.bad_free(ptr, layout, "not a live large allocation");
+            return;
+        }
+        // SAFETY: the descriptor is ours now; the mapping is the caller's to give up.
+        unsafe {
+            let VmArea { addr, len, .. } = desc.read();
+            self.os_unmap(NonNull::new_unchecked(self.platform.ptr_from_addr(addr)), len);
+            self.acct.uncharge(len);
+            self.slab_free(desc.cast());
+        }
+    }
+
+    /// Resizes a vmap area to another vmap size: in place or by `remap` when the platform can
+    /// (alignment ≤ a page: `remap` may move to any page boundary); null if not possible, and
+    /// then the area is untouched.
+    ///
+    /// # Safety
+    /// `ptr` is a live vmap area of `layout`; `new_size` also belongs to vmap.
+    pub(crate) unsafe fn vmap_resize(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() > P::PAGE_SIZE {
+            return ptr::null_mut();
+        }
+        let Some(new_len) = page_round(new_size, P::PAGE_SIZE).filter(|&l| l <= isize::MAX as usize) else {
+            return ptr::null_mut();
+        };
+        let desc = self.lock(&self.vmap).remove(ptr.addr());
+        if desc.is_null() {
+            self.bad_free(ptr, layout, "realloc of a pointer that is not a live large allocation");
+            return ptr::null_mut();
+        }
+        // SAFETY: the descriptor is ours while unregistered.
+        let old_len = unsafe { (*desc).len };
+        let mut result = ptr::null_mut();
+        if new_len == old_len {
+            result = ptr;
+        } else {
+            // SAFETY: the platform hands out the calling thread's context.
+            let t = unsafe { &*self.platform.thread() };
+            let eff = Effective::new(Gfp::KERNEL, t.scope.current());
+            let grow = new_len.saturating_sub(old_len);
+            if grow == 0 || self.acct.charge(grow, eff) {
+                // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded.
+                let moved = unsafe {
+                    self.platform.remap(
+                        NonNull::new_unchecked(self.platform.ptr_from_addr(ptr.addr())),
+                        old_len,
+                        new_len,
+                    )
+                };
+                match moved {
+                    Some(p) => {
+                        if new_len < old_len {
+                            self.acct.uncharge(old_len - new_len);
+                        }
+                        // SAFETY: ours while unregistered.
+                        unsafe {
+                            (*desc).addr = p.as_ptr().addr();
+                            (*desc).len = new_len;
+                        }
+                        result = p.as_ptr();
+                    }
+                    None => self.acct.uncharge(grow),
+                }
+            }
+        }
+        // SAFETY: the descriptor is filled and unregistered; the table it left has room for it.
+        let back = unsafe { self.registry_insert(desc, Effective::new(Gfp::NORECLAIM, Gfp::KERNEL)) };
+        debug_assert!(back);
+        result
+    }
+
+    /// Bytes usable at a vmap pointer (its mapping's length), or 0 if not a live area.
+    pub(crate) fn vmap_usable(&self, ptr: *const u8) -> usize {
+        let reg = self.lock(&self.vmap);
+        if reg.buckets.is_null() {
+            return 0;
+        }
+        // SAFETY: the table and chains are ours under the lock.
+        unsafe {
+            let mut a = *reg.buckets.add(reg.bucket(ptr.addr()));
+            while !a.is_null() {
+                if (*a).addr == ptr.addr() {
+                    return (*a).len;
+                }
+                a = (*a).next;
+            }
+        }
+        0
+    }
+
+    /// Number of live areas and their bytes.
+    pub(crate) fn vmap_totals(&self) -> (usize, usize) {
+        let reg = self.lock(&self.vmap);
+        (reg.count, reg.bytes)
+    }
+
+    /// Counts and reports a free the allocator cannot match to a live allocation.
+    pub(crate) fn bad_free(&self, ptr: *mut u8, layout: Layout, why: &str) {
+        self.counters.bad_frees.fetch_add(1, Ordering::Relaxed);
+        crate::report::report(
+            &self.platform,
+            format_args!(
+                "ctxalloc: free of {ptr:p} (size {}, align {}) ignored: {why} — a double free or a \
+                 pointer from another allocator",
+                layout.size(),
+                layout.align()
+            ),
+        );
+    }
+}

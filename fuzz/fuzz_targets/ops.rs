@@ -1,0 +1,97 @@
+//! `ops`: random alloc / free / realloc / zeroed-alloc sequences with random sizes and
+//! alignments, scopes entered and left, and injected page-source failures, on the core over the
+//! deterministic mock platform. The model checks every step: blocks aligned, inside the arena,
+//! never overlapping, contents intact (also across realloc), zeroed memory zero; the context
+//! word always equals the union of the open scopes; `usage()` never below the live bytes nor
+//! above what is mapped; and, once everything is freed, every byte given back.
+
+#![no_main]
+
+use ctxalloc_core::mock::{model::Model, MockPlatform};
+use ctxalloc_core::{Core, Gfp};
+use libfuzzer_sys::fuzz_target;
+
+const SCOPES: [Gfp; 5] = [Gfp::NOFS, Gfp::NOIO, Gfp::NORECLAIM, Gfp::NOFAIL, Gfp::MEMALLOC];
+
+/// Reads the input a byte at a time; zeros once exhausted.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
+        self.0 = rest;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from(self.byte()) | u16::from(self.byte()) << 8
+    }
+    fn size(&mut self) -> usize {
+        let raw = usize::from(self.u16());
+        match self.byte() % 16 {
+            0 => raw * 16,  // up to 1 MiB: vmap
+            1..=3 => raw,   // up to 64 KiB: every slab class
+            _ => raw % 600, // small
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let core = Core::new(MockPlatform::new(16 << 20));
+    let mut input = Input(data);
+    let mut cookies = Vec::new();
+    let mut word = Gfp::KERNEL;
+    {
+        let mut m = Model::new(&core);
+        while !input.0.is_empty() {
+            match input.byte() % 12 {
+                0..=4 => {
+                    let size = input.size();
+                    let align = 1usize << (input.byte() % 22);
+                    let flags = if input.byte() % 4 == 0 { Gfp::ZERO | Gfp::NOWARN } else { Gfp::NOWARN };
+                    m.alloc(size, align, flags);
+                }
+                5..=7 => m.free(usize::from(input.u16())),
+                8 => {
+                    let pick = usize::from(input.u16());
+                    let size = input.size();
+                    m.realloc(pick, size);
+                }
+                9 => {
+                    let flags = SCOPES[usize::from(input.byte()) % SCOPES.len()];
+                    let c = core.scope_save(flags, core::panic::Location::caller());
+                    cookies.push((c, word));
+                    word = word | flags;
+                }
+                10 => {
+                    if let Some((c, before)) = cookies.pop() {
+                        core.scope_restore(c);
+                        word = before;
+                    }
+                }
+                _ => match input.byte() % 3 {
+                    0 => core.platform().fail_next_maps(usize::from(input.byte() % 4)),
+                    1 => core.trim(),
+                    _ => m.check_all(),
+                },
+            }
+            assert_eq!(core.current(), word, "context word differs from the open scopes");
+            let usage = core.usage();
+            assert!(usage >= m.live_bytes(), "usage {usage} below live bytes {}", m.live_bytes());
+            assert!(usage <= core.platform().mapped_bytes(), "usage above what is mapped");
+        }
+        m.check_all();
+        m.free_all();
+    }
+    while let Some((c, _)) = cookies.pop() {
+        core.scope_restore(c);
+    }
+    assert_eq!(core.current(), Gfp::KERNEL);
+    assert_eq!(core.stats().scope_mispairs, 0);
+    core.platform().fail_next_maps(0);
+    core.thread_exit();
+    core.trim();
+    let s = core.stats();
+    assert_eq!((s.slab_pages, s.segments, s.vmap_areas, s.abandoned_pages), (0, 0, 0, 0), "{s}");
+    assert_eq!(s.usage, core.platform().mapped_bytes(), "accounting differs from the page source\n{s}");
+    assert!(s.usage <= 64 * 1024 + 4096, "memory not given back\n{s}");
+});

@@ -1,0 +1,261 @@
+//! # ctxalloc
+//!
+//! A global allocator whose allocations obey the *context* they run in: the Linux kernel's
+//! scoped allocation model (`memalloc_nofs_save()` and friends) for Rust programs, where
+//! `Vec::push` has no flags argument to pass.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
+//!
+//! fn insert_into_cache(cache: &std::sync::Mutex<Vec<Vec<u8>>>, block: &[u8]) {
+//!     let mut c = cache.lock().unwrap();
+//!     // Everything allocated while the lock is held must not make reclaim call back into the
+//!     // cache (whose shrinker needs this lock): a NOFS scope says so once, for every callee.
+//!     let _nofs = ctxalloc::scope(ctxalloc::Gfp::NOFS);
+//!     c.push(block.to_vec());
+//! }
+//! ```
+//!
+//! The allocator itself is a thread-caching slab (size classes 16 B – 64 KiB, free-list sharding,
+//! lock-free cross-thread frees) with page-granular `mmap` areas above that. Its fast paths never
+//! read the context word: the context matters only when new memory is needed.
+//!
+//! Threads that exit hand their pages to the others; a child of `fork` can allocate; every
+//! power-of-two alignment is supported.
+
+#![warn(missing_docs)]
+
+mod platform;
+mod scope;
+
+pub use ctxalloc_core::{AllocError, Cookie, Effective, Gfp, ReclaimClass, Stats};
+pub use scope::{
+    current, memalloc_flags_restore, memalloc_flags_save, memalloc_nofail_restore, memalloc_nofail_save,
+    memalloc_nofs_restore, memalloc_nofs_save, memalloc_noio_restore, memalloc_noio_save,
+    memalloc_noreclaim_restore, memalloc_noreclaim_save, scope, with_scope, ScopeGuard,
+};
+
+use ctxalloc_core::Core;
+use platform::StdPlatform;
+use std::alloc::{GlobalAlloc, Layout};
+use std::ptr::NonNull;
+
+/// The process's allocator state. Every `CtxAlloc` value is a handle to it.
+static CORE: Core<StdPlatform> = Core::new(StdPlatform);
+
+/// The global allocator.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
+/// ```
+///
+/// It is a handle: all state is process-wide, so the free functions of this crate
+/// ([`usage`], [`stats`], scopes…) see what it allocated. It can also be used as a plain
+/// `GlobalAlloc` value without being the global allocator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CtxAlloc {
+    _private: (),
+}
+
+impl CtxAlloc {
+    /// The allocator handle.
+    pub const fn new() -> Self {
+        CtxAlloc { _private: () }
+    }
+}
+
+// SAFETY: the core returns null or a fresh block of at least `layout.size()` bytes aligned to
+// `layout.align()`, frees only what it handed out, and never unwinds.
+unsafe impl GlobalAlloc for CtxAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { CORE.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { CORE.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { CORE.alloc_zeroed(layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { CORE.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Allocates with per-call flags, united with this thread's context word. Any size: zero-sized
+/// layouts get a minimal block.
+///
+/// ```
+/// use ctxalloc::Gfp;
+/// use std::alloc::Layout;
+/// let l = Layout::from_size_align(4096, 64).unwrap();
+/// let p = ctxalloc::alloc_with(l, Gfp::ZERO | Gfp::NOFS).unwrap();
+/// assert!(unsafe { std::slice::from_raw_parts(p.as_ptr(), 4096) }.iter().all(|&b| b == 0));
+/// unsafe { ctxalloc::dealloc(p, l) };
+/// ```
+///
+/// # Errors
+/// [`AllocError`] when no memory can be had in the effective context.
+#[track_caller]
+#[inline]
+pub fn alloc_with(layout: Layout, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+    CORE.alloc_with(layout, gfp)
+}
+
+/// Resizes a block with per-call flags. On error the old block is untouched.
+///
+/// ```
+/// use ctxalloc::Gfp;
+/// use std::alloc::Layout;
+/// let l = Layout::from_size_align(100, 8).unwrap();
+/// let p = ctxalloc::alloc_with(l, Gfp::KERNEL).unwrap();
+/// let q = unsafe { ctxalloc::realloc_with(p, l, 1 << 20, Gfp::NOIO) }.unwrap();
+/// unsafe { ctxalloc::dealloc(q, Layout::from_size_align(1 << 20, 8).unwrap()) };
+/// ```
+///
+/// # Safety
+/// `ptr` is a live block of this allocator allocated with `layout`; `new_size` rounded up to
+/// `layout.align()` does not overflow `isize`.
+///
+/// # Errors
+/// [`AllocError`] when no memory can be had in the effective context.
+pub unsafe fn realloc_with(
+    ptr: NonNull<u8>,
+    layout: Layout,
+    new_size: usize,
+    gfp: Gfp,
+) -> Result<NonNull<u8>, AllocError> {
+    // SAFETY: forwarded contract.
+    NonNull::new(unsafe { CORE.realloc_gfp(ptr.as_ptr(), layout, new_size, gfp) }).ok_or(AllocError)
+}
+
+/// Frees a block from [`alloc_with`], [`realloc_with`] or the global allocator.
+///
+/// # Safety
+/// `ptr` is a live block of this allocator with `layout` (the layout of its allocation or last
+/// reallocation).
+#[inline]
+pub unsafe fn dealloc(ptr: NonNull<u8>, layout: Layout) {
+    // SAFETY: forwarded contract.
+    unsafe { CORE.dealloc(ptr.as_ptr(), layout) }
+}
+
+/// The effective context an allocation with per-call flags `gfp` would have on this thread
+/// (the kernel's `current_gfp_context`).
+///
+/// ```
+/// use ctxalloc::Gfp;
+/// let _g = ctxalloc::scope(Gfp::NOIO);
+/// assert_eq!(ctxalloc::effective(Gfp::KERNEL).gfp(), Gfp::GFP_NOIO); // NOIO ⇒ NOFS
+/// ```
+#[inline]
+pub fn effective(gfp: Gfp) -> Effective {
+    CORE.effective(gfp)
+}
+
+/// Bytes obtained from the operating system and not given back, at page granularity.
+///
+/// ```
+/// let before = ctxalloc::usage();
+/// let v: Vec<u8> = Vec::with_capacity(1 << 20);
+/// # #[global_allocator] static G: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
+/// assert!(ctxalloc::usage() >= before + (1 << 20));
+/// drop(v);
+/// ```
+#[inline]
+pub fn usage() -> usize {
+    CORE.usage()
+}
+
+/// A snapshot of the allocator's statistics; `Display` prints a table.
+///
+/// ```
+/// println!("{}", ctxalloc::stats());
+/// ```
+pub fn stats() -> Stats {
+    CORE.stats()
+}
+
+/// Gives memory kept for speed back to the operating system: this thread's empty pages, the
+/// spare segment, and the physical pages of free slices (`malloc_trim`).
+///
+/// ```
+/// ctxalloc::trim();
+/// ```
+pub fn trim() {
+    CORE.trim();
+}
+
+/// Bytes usable at `ptr`, a live block allocated with `layout` (at least `layout.size()`).
+///
+/// # Safety
+/// `ptr` is a live block of this allocator with `layout`.
+pub unsafe fn usable_size(ptr: NonNull<u8>, layout: Layout) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { CORE.usable_size(ptr.as_ptr(), layout) }
+}
+
+#[cfg(test)]
+#[global_allocator]
+static TEST_GLOBAL: CtxAlloc = CtxAlloc::new();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_harness_runs_on_ctxalloc() {
+        let before = stats().slab_pages;
+        let v: Vec<Box<u64>> = (0..10_000).map(Box::new).collect();
+        assert!(stats().slab_pages > before);
+        assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 49_995_000);
+    }
+
+    #[test]
+    fn zeroed_and_large_allocations() {
+        let v = vec![0u8; 10 << 20];
+        assert!(v.iter().all(|&b| b == 0));
+        assert!(stats().vmap_areas >= 1);
+        let mut w = vec![1u32; 1000];
+        w.resize(2_000_000, 7);
+        assert_eq!(w[999], 1);
+        assert_eq!(w[1_999_999], 7);
+    }
+
+    #[test]
+    fn with_scope_closes_on_unwind() {
+        let r = std::panic::catch_unwind(|| with_scope(Gfp::NOFS, || panic!("boom")));
+        assert!(r.is_err());
+        assert_eq!(current(), Gfp::KERNEL);
+    }
+
+    #[test]
+    fn usable_size_covers_the_request() {
+        for size in [1usize, 17, 1000, 5000, 70_000, 1 << 20] {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            let p = alloc_with(l, Gfp::KERNEL).unwrap();
+            // SAFETY: live block of `l`.
+            let u = unsafe { usable_size(p, l) };
+            assert!(u >= size && u < size * 2 + 64, "{size} -> {u}");
+            // SAFETY: live block of `l`.
+            unsafe { dealloc(p, l) };
+        }
+    }
+}
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

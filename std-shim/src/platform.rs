@@ -1,0 +1,223 @@
+//! The std [`Platform`]: a `const` thread-local context without destructor (one `%fs`-relative
+//! access on the fast path), `mmap` as the page source, futexes for waiting, `pthread_atfork`,
+//! and a second thread-local whose only job is to run [`Core::thread_exit`].
+
+use crate::CORE;
+use ctxalloc_core::{Platform, ThreadCtx};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+const PAGE: usize = 4096;
+
+/// The std platform. Stateless: everything per-thread lives in thread-locals.
+pub(crate) struct StdPlatform;
+
+thread_local! {
+    /// The thread's heap pointer and context word. `const`, no destructor: accessing it is one
+    /// thread-pointer-relative address computation, with no lazy-initialisation test.
+    static THREAD: ThreadCtx = const { ThreadCtx::new() };
+
+    /// Registered (by first access) when the thread gets a heap; its destructor abandons the
+    /// heap. Kept apart from `THREAD` so the fast path never pays for a destructor state test.
+    static EXIT_HOOK: ExitHook = const { ExitHook };
+}
+
+struct ExitHook;
+
+impl Drop for ExitHook {
+    fn drop(&mut self) {
+        CORE.thread_exit();
+    }
+}
+
+/// Whether the `fork` handlers are registered.
+static ATFORK: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn fork_prepare() {
+    CORE.fork_prepare();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: `fork_prepare` ran on this thread just before.
+    unsafe { CORE.fork_parent() };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: the child's only thread, which ran `fork_prepare`.
+    unsafe { CORE.fork_child() };
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `mmap` of fresh, private, zeroed memory; `None` on failure.
+///
+/// # Safety
+/// `len` is a multiple of the page size.
+unsafe fn mmap(len: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping touches nothing that exists.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
+
+// SAFETY: `thread` returns the calling thread's own `const` thread-local, alive as long as the
+// thread; `map` returns fresh anonymous mappings (zeroed) whose provenance it exposes, so
+// `ptr_from_addr`'s default recovers it; `purge` uses MADV_DONTNEED, after which private
+// anonymous memory reads as zero; nothing here allocates through the global allocator (the
+// exit-hook registration uses the C runtime's own allocator) or calls back into the core except
+// the thread-exit and fork hooks, which the core expects.
+unsafe impl Platform for StdPlatform {
+    const PAGE_SIZE: usize = PAGE;
+    const MAP_ZEROED: bool = true;
+    const CAN_PURGE: bool = true;
+
+    #[inline(always)]
+    fn thread(&self) -> *const ThreadCtx {
+        THREAD.with(|t| t as *const ThreadCtx)
+    }
+
+    fn thread_attached(&self) {
+        // First access registers the destructor; during thread teardown it fails harmlessly.
+        let _ = EXIT_HOOK.try_with(|_| ());
+        if !ATFORK.swap(true, Ordering::AcqRel) {
+            // SAFETY: plain C functions that never unwind.
+            unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        }
+    }
+
+    unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        // SAFETY: `len` is page-rounded by the caller.
+        let p = unsafe { mmap(len)? };
+        if p.addr() % align == 0 {
+            p.expose_provenance();
+            return NonNull::new(p);
+        }
+        // Not aligned: map enough to contain an aligned range, trim both ends.
+        // SAFETY: `p`/`len` is the mapping just made.
+        unsafe { libc::munmap(p.cast(), len) };
+        let total = len.checked_add(align - PAGE)?;
+        // SAFETY: page-rounded.
+        let p = unsafe { mmap(total)? };
+        let head = p.addr().next_multiple_of(align) - p.addr();
+        let tail = total - head - len;
+        // SAFETY: both trims lie inside the mapping just made and hold nothing.
+        unsafe {
+            if head != 0 {
+                libc::munmap(p.cast(), head);
+            }
+            if tail != 0 {
+                libc::munmap(p.add(head + len).cast(), tail);
+            }
+        }
+        // SAFETY: inside the mapping.
+        let p = unsafe { p.add(head) };
+        p.expose_provenance();
+        NonNull::new(p)
+    }
+
+    unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: the core hands back a whole mapping it no longer uses.
+        let r = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+        debug_assert_eq!(r, 0, "munmap failed: errno {}", errno());
+    }
+
+    unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the range lies in one mapping and holds nothing anyone reads.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
+    }
+
+    #[cfg(target_os = "linux")]
+    unsafe fn remap(&self, ptr: NonNull<u8>, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
+        // SAFETY: `ptr`/`old_len` is a whole mapping the caller owns.
+        let p = unsafe { libc::mremap(ptr.as_ptr().cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let p = p.cast::<u8>();
+        p.expose_provenance();
+        NonNull::new(p)
+    }
+
+    fn report(&self, msg: &str) {
+        let mut b = msg.as_bytes();
+        while !b.is_empty() {
+            // SAFETY: writes from a live buffer to stderr.
+            let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+            if n < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                return;
+            }
+            b = &b[n as usize..];
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: writes the current time into `ts`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    #[cfg(target_os = "linux")]
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ns: u64) {
+        let ts = libc::timespec {
+            tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: a private futex wait on a live word; returns on wake, timeout, mismatch or
+        // signal, all of which the caller handles by re-checking.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                &ts as *const libc::timespec,
+            )
+        };
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ns: u64) {
+        let step = timeout_ns.min(1_000_000);
+        if word.load(Ordering::Acquire) == expected {
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: step as libc::c_long };
+            // SAFETY: sleeps.
+            unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn wake_all(&self, word: &AtomicU32) {
+        // SAFETY: a private futex wake on a live word.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn wake_all(&self, _word: &AtomicU32) {}
+
+    #[inline]
+    fn relax(&self) {
+        // SAFETY: yields the CPU.
+        unsafe { libc::sched_yield() };
+    }
+}

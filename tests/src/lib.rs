@@ -1,0 +1,218 @@
+//! Helpers for the conformance suite: a seedable RNG, blocks that carry a verifiable pattern, a
+//! model that checks no two live blocks overlap, and running one test in a child process.
+//!
+//! Every test binary in `tests/` installs `CtxAlloc` as its global allocator; these helpers
+//! allocate through `std::alloc`, so they exercise it.
+
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+/// xorshift64*: deterministic and seedable.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a non-zero seed (zero is replaced).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A size skewed like real programs: mostly small, sometimes medium, rarely large.
+    pub fn size(&mut self, max_large: usize) -> usize {
+        match self.below(100) {
+            0 => 1 + self.below(max_large as u64) as usize,
+            1..=9 => 1 + self.below(64 * 1024) as usize,
+            _ => 1 + self.below(512) as usize,
+        }
+    }
+}
+
+/// The pattern's `i`-th 8-byte word. A byte's value depends only on its offset, so a prefix
+/// copied by `realloc` verifies against the same pattern whatever the block's length.
+fn word(seed: u64, i: usize) -> u64 {
+    (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left((i % 63) as u32)
+}
+
+fn byte(seed: u64, i: usize) -> u8 {
+    word(seed, i / 8).to_ne_bytes()[i % 8]
+}
+
+/// Fills `len` bytes at `p` with a pattern derived from `seed` and the position.
+///
+/// # Safety
+/// `p` is valid for `len` bytes of writes.
+pub unsafe fn fill(p: *mut u8, len: usize, seed: u64) {
+    let words = len / 8;
+    for i in 0..words {
+        // SAFETY: in bounds; unaligned write is allowed.
+        unsafe { p.add(i * 8).cast::<u64>().write_unaligned(word(seed, i)) };
+    }
+    for i in words * 8..len {
+        // SAFETY: in bounds.
+        unsafe { p.add(i).write(byte(seed, i)) };
+    }
+}
+
+/// Checks a pattern written by [`fill`]; panics naming the block and offset.
+///
+/// # Safety
+/// `p` is valid for `len` bytes of reads.
+pub unsafe fn verify(p: *const u8, len: usize, seed: u64) {
+    let words = len / 8;
+    for i in 0..words {
+        // SAFETY: in bounds.
+        let got = unsafe { p.add(i * 8).cast::<u64>().read_unaligned() };
+        assert_eq!(got, word(seed, i), "block {p:p} ({len} B) corrupted at word {i}");
+    }
+    for i in words * 8..len {
+        // SAFETY: in bounds.
+        let got = unsafe { p.add(i).read() };
+        assert_eq!(got, byte(seed, i), "block {p:p} ({len} B) corrupted at byte {i}");
+    }
+}
+
+/// A live block with a pattern, allocated through the global allocator. `Send`: tests move
+/// blocks between threads to free them remotely.
+#[derive(Debug)]
+pub struct Block {
+    ptr: usize,
+    layout: Layout,
+    seed: u64,
+}
+
+impl Block {
+    /// Allocates and fills a block; panics if the allocator returns null.
+    pub fn new(layout: Layout, seed: u64) -> Block {
+        // SAFETY: tests never ask for zero-sized layouts through this helper.
+        assert!(layout.size() > 0);
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        assert!(!p.is_null(), "allocation of {layout:?} failed");
+        assert_eq!(p as usize % layout.align(), 0, "{p:p} misaligned for {layout:?}");
+        // SAFETY: a fresh block of `layout.size()` bytes.
+        unsafe { fill(p, layout.size(), seed) };
+        Block { ptr: p as usize, layout, seed }
+    }
+
+    /// The block's address.
+    pub fn addr(&self) -> usize {
+        self.ptr
+    }
+
+    /// Its layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Checks the pattern.
+    pub fn verify(&self) {
+        // SAFETY: a live block of `layout.size()` bytes.
+        unsafe { verify(self.ptr as *const u8, self.layout.size(), self.seed) };
+    }
+
+    /// Reallocates to `new_size`, checking that the common prefix survived, and refills.
+    pub fn realloc(&mut self, new_size: usize) {
+        self.verify();
+        // SAFETY: a live block of `layout`; the new size is valid for its alignment.
+        let q = unsafe { std::alloc::realloc(self.ptr as *mut u8, self.layout, new_size) };
+        assert!(!q.is_null(), "realloc of {:?} to {new_size} failed", self.layout);
+        assert_eq!(q as usize % self.layout.align(), 0);
+        let keep = self.layout.size().min(new_size);
+        // SAFETY: the new block holds at least `keep` bytes of the old pattern.
+        unsafe { verify(q, keep, self.seed) };
+        self.ptr = q as usize;
+        self.layout = Layout::from_size_align(new_size, self.layout.align()).unwrap();
+        // SAFETY: the new block of `new_size` bytes.
+        unsafe { fill(q, new_size, self.seed) };
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.verify();
+        // SAFETY: a live block of `layout`.
+        unsafe { std::alloc::dealloc(self.ptr as *mut u8, self.layout) };
+    }
+}
+
+/// Live blocks by address: inserting one that overlaps a live block panics.
+#[derive(Default, Debug)]
+pub struct Model {
+    live: BTreeMap<usize, Block>,
+}
+
+impl Model {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks that `b` overlaps no live block, then keeps it.
+    pub fn insert(&mut self, b: Block) {
+        let (a, len) = (b.addr(), b.layout().size());
+        if let Some((&p, q)) = self.live.range(..=a).next_back() {
+            assert!(p + q.layout().size() <= a, "{a:#x} overlaps the live block at {p:#x}");
+        }
+        if let Some((&p, _)) = self.live.range(a + 1..).next() {
+            assert!(a + len <= p, "{a:#x}+{len} overlaps the live block at {p:#x}");
+        }
+        self.live.insert(a, b);
+    }
+
+    /// Removes (without freeing) the block at `addr`.
+    pub fn take(&mut self, addr: usize) -> Option<Block> {
+        self.live.remove(&addr)
+    }
+
+    /// Addresses of the live blocks.
+    pub fn addrs(&self) -> Vec<usize> {
+        self.live.keys().copied().collect()
+    }
+
+    /// Number of live blocks.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether no block is live.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Checks every live block.
+    pub fn verify_all(&self) {
+        self.live.values().for_each(Block::verify);
+    }
+}
+
+/// The environment variable that tells a test it runs as the child of [`run_child`].
+pub const CHILD_ENV: &str = "CTXALLOC_TEST_CHILD";
+
+/// Whether this process is the child [`run_child`] started for `test`.
+pub fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
+}
+
+/// Runs the test named `test` of the current test binary in a child process (which sees
+/// [`is_child`]) and returns its output.
+pub fn run_child(test: &str) -> Output {
+    Command::new(std::env::current_exe().expect("test binary path"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .output()
+        .expect("spawning the child test process")
+}
