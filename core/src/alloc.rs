@@ -446,7 +446,9 @@ impl<P: Platform> Core<P> {
     }
 
     /// `pthread_atfork` child: releases the locks and abandons the heaps of the threads that do
-    /// not exist in the child, so their pages can be freed into and reused.
+    /// not exist in the child, so their pages can be freed into and reused. A heap whose thread
+    /// was inside a slow path when the process forked may have half-edited lists: it is left
+    /// alone (its pages stay owned by a thread that will never run — memory, not corruption).
     ///
     /// # Safety
     /// Called in the child of `fork`, on its only thread, which ran `fork_prepare` before forking.
@@ -461,7 +463,7 @@ impl<P: Platform> Core<P> {
             // in use and `all_next` is immutable.
             unsafe {
                 let next = (*h).all_next;
-                if (*h).live && h != me && h != orphan {
+                if (*h).live && h != me && h != orphan && !(*h).busy.load(Ordering::Acquire) {
                     self.heap_abandon(h);
                     self.heap_release(h);
                 }

@@ -8,7 +8,7 @@
 pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 #[cfg(not(loom))]
 use core::cell::UnsafeCell;

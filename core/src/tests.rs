@@ -451,3 +451,41 @@ fn dirty_slices_are_purged_past_the_threshold() {
     }
     assert_all_returned(&core);
 }
+
+#[test]
+fn fork_child_leaves_a_heap_caught_in_a_slow_path_alone() {
+    let core = new_core(16);
+    let l = Layout::from_size_align(256, 8).unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let (htx, hrx) = mpsc::channel::<usize>();
+    thread::scope(|s| {
+        let core = &core;
+        s.spawn(move || {
+            // SAFETY: valid layout; the block stays live in this thread's heap.
+            let p = unsafe { core.alloc(l) };
+            // SAFETY: this thread's context.
+            let heap = unsafe { (*core.platform().thread()).heap.get() };
+            // As if the thread were inside `find_page` when the process forked.
+            // SAFETY: this thread owns the heap.
+            unsafe { (*heap).busy.store(true, core::sync::atomic::Ordering::Release) };
+            htx.send(heap.addr()).unwrap();
+            rx.recv().unwrap();
+            // SAFETY: the block and heap are still ours in the "parent".
+            unsafe {
+                (*heap).busy.store(false, core::sync::atomic::Ordering::Release);
+                core.dealloc(p, l);
+            }
+        });
+        let _ = hrx.recv().unwrap();
+        // SAFETY: gives this thread a heap.
+        unsafe { core.dealloc(core.alloc(l), l) };
+        let before = core.stats();
+        core.fork_prepare();
+        // SAFETY: this thread ran fork_prepare.
+        unsafe { core.fork_child() };
+        let after = core.stats();
+        assert_eq!(after.heaps, before.heaps, "the busy heap was not abandoned\n{after}");
+        assert_eq!(after.abandoned_pages, 0, "{after}");
+        tx.send(()).unwrap();
+    });
+}

@@ -162,7 +162,7 @@ impl Drop for MockPlatform {
         // Zero what is still mapped (unmapped ranges were zeroed by `unmap`), then keep the
         // arena for the next instance, or free it.
         let bits = self.mapped.get_mut().unwrap();
-        for (w, &word) in bits.iter().enumerate() {
+        for (w, &word) in bits.iter().enumerate().filter(|_| Self::MAP_ZEROED) {
             let mut m = word;
             while m != 0 {
                 let page = w * 64 + m.trailing_zeros() as usize;
@@ -187,7 +187,10 @@ impl Drop for MockPlatform {
 // table; `map` hands out disjoint, zeroed, page-aligned ranges of the arena; pointers are rebuilt
 // from the arena's base; nothing calls back into the core.
 unsafe impl Platform for MockPlatform {
-    const MAP_ZEROED: bool = true;
+    /// Natively the mock zeroes what it unmaps, like `mmap`; under miri (where every byte of a
+    /// memset is interpreted) it does not, like a kernel's static region — so miri exercises
+    /// the core's "memory is not zeroed" paths and the native tests the zeroed ones.
+    const MAP_ZEROED: bool = !cfg!(miri);
     const CAN_PURGE: bool = true;
 
     fn thread(&self) -> *const ThreadCtx {
@@ -235,9 +238,11 @@ unsafe impl Platform for MockPlatform {
 
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize) {
         assert!(self.contains(ptr.as_ptr().addr(), len), "mock: unmap outside the arena");
-        // Unmapped memory reads as zero when mapped again.
-        // SAFETY: the range is a mapping of ours that nobody uses any more.
-        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        if Self::MAP_ZEROED {
+            // Unmapped memory reads as zero when mapped again.
+            // SAFETY: the range is a mapping of ours that nobody uses any more.
+            unsafe { ptr.as_ptr().write_bytes(0, len) };
+        }
         let first = (ptr.as_ptr().addr() - self.base.as_ptr().addr()) / PAGE;
         let mut bits = self.mapped.lock().unwrap();
         self.set_range(&mut bits, first, len / PAGE, false);
@@ -246,8 +251,10 @@ unsafe impl Platform for MockPlatform {
 
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
         assert!(self.contains(ptr.as_ptr().addr(), len), "mock: purge outside the arena");
-        // SAFETY: the range holds nothing anyone reads.
-        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        if Self::MAP_ZEROED {
+            // SAFETY: the range holds nothing anyone reads.
+            unsafe { ptr.as_ptr().write_bytes(0, len) };
+        }
         true
     }
 
@@ -257,9 +264,11 @@ unsafe impl Platform for MockPlatform {
             let first = (ptr.as_ptr().addr() - self.base.as_ptr().addr()) / PAGE;
             let tail = (old_len - new_len) / PAGE;
             if tail > 0 {
-                let tail_ptr = self.ptr_from_addr(ptr.as_ptr().addr() + new_len);
-                // SAFETY: the tail is part of the mapping and is being given up.
-                unsafe { tail_ptr.write_bytes(0, old_len - new_len) };
+                if Self::MAP_ZEROED {
+                    let tail_ptr = self.ptr_from_addr(ptr.as_ptr().addr() + new_len);
+                    // SAFETY: the tail is part of the mapping and is being given up.
+                    unsafe { tail_ptr.write_bytes(0, old_len - new_len) };
+                }
                 let mut bits = self.mapped.lock().unwrap();
                 self.set_range(&mut bits, first + new_len / PAGE, tail, false);
                 self.mapped_pages.fetch_sub(tail, Ordering::Relaxed);

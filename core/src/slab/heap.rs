@@ -15,7 +15,7 @@ use super::remote::{Block, Push};
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::size_class::NUM_CLASSES;
-use crate::sync::Ordering;
+use crate::sync::{fence, AtomicBool, Ordering};
 use crate::{Core, Platform};
 use core::ptr;
 
@@ -35,6 +35,39 @@ pub struct Heap {
     pub(crate) all_next: *mut Heap,
     /// Owned by a thread (or the orphan slot). Pool lock.
     pub(crate) live: bool,
+    /// The owner is inside a slow path that edits the page lists. Written only by the owner
+    /// (Release, so it is set before any list edit becomes visible); read by the child of
+    /// `fork`, which must not walk lists a vanished thread left half-edited.
+    pub(crate) busy: AtomicBool,
+}
+
+/// Marks a heap busy for the scope of a slow path; restores the previous state (slow paths
+/// nest: a retire inside an adoption).
+struct Busy {
+    heap: *mut Heap,
+    prev: bool,
+}
+
+impl Busy {
+    /// # Safety
+    /// `heap` is live and owned by the caller for the guard's lifetime.
+    #[inline]
+    unsafe fn enter(heap: *mut Heap) -> Busy {
+        // SAFETY: per the contract.
+        let flag = unsafe { &(*heap).busy };
+        let prev = flag.load(Ordering::Relaxed);
+        flag.store(true, Ordering::Relaxed);
+        fence(Ordering::Release);
+        Busy { heap, prev }
+    }
+}
+
+impl Drop for Busy {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the heap outlives the guard (see `enter`).
+        unsafe { (*self.heap).busy.store(self.prev, Ordering::Release) };
+    }
 }
 
 /// A `Heap` that may live in a `static`.
@@ -59,6 +92,7 @@ impl Heap {
             pool_next: ptr::null_mut(),
             all_next: ptr::null_mut(),
             live: false,
+            busy: AtomicBool::new(false),
         }
     }
 
@@ -211,6 +245,7 @@ impl<P: Platform> Core<P> {
     unsafe fn find_page(&self, heap: *mut Heap, t: &ThreadCtx, class: usize, call: Gfp) -> *mut Page {
         // SAFETY: the caller owns the heap and every page on its lists.
         unsafe {
+            let _busy = Busy::enter(heap);
             let q = Heap::queue(heap, class);
             let mut page = q.head;
             while !page.is_null() {
@@ -270,6 +305,7 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn page_retire(&self, heap: *mut Heap, page: *mut Page) {
         // SAFETY: the owner works on its own lists.
         unsafe {
+            let _busy = Busy::enter(heap);
             let class = (*page).class as usize;
             if (*page).in_full {
                 Heap::full(heap, class).remove(page);
@@ -326,6 +362,7 @@ impl<P: Platform> Core<P> {
             }
             let class = (*page).class as usize;
             if heap != Heap::empty() && t.state() == ThreadState::Active {
+                let _busy = Busy::enter(heap);
                 ab.remove(page);
                 (*page).owner.store(heap, Ordering::Relaxed);
                 (*page).remote.adopt();
@@ -432,6 +469,8 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `heap` is the caller's live heap.
     pub(crate) unsafe fn heap_trim(&self, heap: *mut Heap) {
+        // SAFETY: the caller's live heap.
+        let _busy = unsafe { Busy::enter(heap) };
         for class in 0..NUM_CLASSES {
             // SAFETY: the caller owns the heap and its pages.
             unsafe {
