@@ -136,6 +136,21 @@ impl Heap {
         unsafe { &mut *(&raw mut (*heap).full).cast::<PageQueue>().add(class) }
     }
 
+    /// Makes `page`, which has a free block and is on no list, the class's current page: the
+    /// head of its queue and its `direct` entry.
+    ///
+    /// # Safety
+    /// `heap` is live and owned by the caller, and so is `page`; `class` is the page's class.
+    #[inline]
+    unsafe fn activate(heap: *mut Heap, class: usize, page: *mut Page) -> *mut Page {
+        // SAFETY: per the contract.
+        unsafe {
+            Heap::queue(heap, class).push_front(page);
+            Heap::set_direct(heap, class, page);
+        }
+        page
+    }
+
     /// Resets a heap to "owns nothing".
     ///
     /// # Safety
@@ -250,15 +265,10 @@ impl<P: Platform> Core<P> {
             let mut page = q.head;
             while !page.is_null() {
                 let next = (*page).next;
-                if Page::collect(page) || Page::extend(page) {
-                    if q.head != page {
-                        q.remove(page);
-                        q.push_front(page);
-                    }
-                    Heap::set_direct(heap, class, page);
-                    return page;
-                }
                 q.remove(page);
+                if Page::collect(page) || Page::extend(page) {
+                    return Heap::activate(heap, class, page);
+                }
                 (*page).in_full = true;
                 Heap::full(heap, class).push_back(page);
                 page = next;
@@ -272,17 +282,13 @@ impl<P: Platform> Core<P> {
                 if Page::has_room(page) && (Page::collect(page) || Page::extend(page)) {
                     full.remove(page);
                     (*page).in_full = false;
-                    q.push_front(page);
-                    Heap::set_direct(heap, class, page);
-                    return page;
+                    return Heap::activate(heap, class, page);
                 }
                 page = next;
             }
 
             if let Some(page) = self.adopt(heap, class) {
-                q.push_front(page);
-                Heap::set_direct(heap, class, page);
-                return page;
+                return Heap::activate(heap, class, page);
             }
 
             let eff = Effective::new(call, t.scope.current());
@@ -290,9 +296,7 @@ impl<P: Platform> Core<P> {
                 return ptr::null_mut();
             };
             Page::extend(page);
-            q.push_front(page);
-            Heap::set_direct(heap, class, page);
-            page
+            Heap::activate(heap, class, page)
         }
     }
 
