@@ -9,6 +9,7 @@
 use crate::gfp::{Effective, Gfp};
 use crate::page::Accounting;
 use crate::platform::{ThreadCtx, ThreadState};
+use crate::reclaim::Reclaim;
 use crate::report::{report, RateLimit};
 use crate::scope::{Cookie, Mispair};
 use crate::size_class::{class_for, class_size, small_class, MIN_ALIGN, SLAB_MAX, SMALL_MAX};
@@ -16,7 +17,7 @@ use crate::slab::abandon::{Abandoned, HeapPool, OrphanSlot};
 use crate::slab::heap::{pop, Heap};
 use crate::slab::remote::Block;
 use crate::slab::segment::PageHeap;
-use crate::stats::{Bytes, Counters};
+use crate::stats::{Bytes, Counters, Limit};
 use crate::sync::{Ordering, SpinGuard, SpinLock};
 use crate::vmap::Registry;
 use crate::Platform;
@@ -61,6 +62,8 @@ pub struct Core<P: Platform> {
     pub(crate) orphan: SpinLock<OrphanSlot>,
     /// Live vmap areas.
     pub(crate) vmap: SpinLock<Registry>,
+    /// Shrinkers, waiters, background reclaim. Atomic.
+    pub(crate) reclaim: Reclaim,
     /// Statistics. Atomic.
     pub(crate) counters: Counters,
     /// Allocation-failure reports: one per 10 s (R5.12).
@@ -94,6 +97,7 @@ impl<P: Platform> Core<P> {
             heaps: SpinLock::new(HeapPool::new()),
             orphan: SpinLock::new(OrphanSlot(ptr::null_mut())),
             vmap: SpinLock::new(Registry::new()),
+            reclaim: Reclaim::new(),
             counters: Counters::new(),
             fail_reports: RateLimit::new(),
         }
@@ -326,19 +330,24 @@ impl<P: Platform> Core<P> {
     /// Reports a failed allocation (unless NOWARN; at most once per 10 s) and returns null.
     #[cold]
     pub(crate) fn alloc_failed(&self, size: usize, eff: Effective) -> *mut u8 {
+        self.alloc_failed_because(size, eff, "the page source is exhausted")
+    }
+
+    /// As [`alloc_failed`](Self::alloc_failed), saying why.
+    #[cold]
+    pub(crate) fn alloc_failed_because(&self, size: usize, eff: Effective, why: &str) -> *mut u8 {
         self.counters.alloc_failures.fetch_add(1, Ordering::Relaxed);
         if eff.warn() {
             if let Some(suppressed) = self.fail_reports.allow(self.platform.now_ns(), FAIL_REPORT_INTERVAL_NS)
             {
-                let why =
-                    if eff.nofail_denied() { " (NOFAIL cannot be honoured under NORECLAIM)" } else { "" };
                 report(
                     &self.platform,
                     format_args!(
-                        "ctxalloc: allocation of {size} bytes failed in context {}{why}; usage {} \
-                         ({suppressed} similar reports suppressed)",
+                        "ctxalloc: allocation of {size} bytes failed in context {}: {why}; usage {} of \
+                         limit {} ({suppressed} similar reports suppressed)",
                         eff.gfp(),
                         Bytes(self.acct.usage() as u64),
+                        Limit(self.acct.limit()),
                     ),
                 );
             }
@@ -395,6 +404,23 @@ impl<P: Platform> Core<P> {
     #[inline]
     pub fn usage(&self) -> usize {
         self.acct.usage()
+    }
+
+    /// Sets (or, with `None`, removes) the memory limit. Usage never exceeds it: plain requests
+    /// stop at `limit − reserve` (the reserve is 1/32 of the limit, 256 KiB – 64 MiB), NOFAIL
+    /// requests may use half the reserve, MEMALLOC (the reclaim context) all of it. A limit below
+    /// the current usage makes allocations reclaim until usage is under it.
+    pub fn set_limit(&self, limit: Option<usize>) {
+        self.acct.set_limit(limit);
+        if limit.is_some() && self.acct.above_low_watermark() {
+            self.wake_background();
+        }
+    }
+
+    /// The memory limit, if any.
+    #[inline]
+    pub fn limit(&self) -> Option<usize> {
+        self.acct.limit()
     }
 
     /// Gives back what the allocator keeps only to go faster: the calling thread's empty pages,

@@ -249,6 +249,9 @@ pub enum Reserve {
 pub struct Effective {
     gfp: Gfp,
     nofail_denied: bool,
+    /// A NOFAIL request that already waited: it may now use the whole reserve (the kernel's
+    /// "one no-watermark attempt", R5.10).
+    deep: bool,
 }
 
 impl Effective {
@@ -268,7 +271,16 @@ impl Effective {
             g = g.difference(Gfp::NOFAIL);
             nofail_denied = true;
         }
-        Effective { gfp: g, nofail_denied }
+        Effective { gfp: g, nofail_denied, deep: false }
+    }
+
+    /// The context of a NOFAIL request's retries after it had to wait: the whole reserve, as
+    /// the kernel lets `__GFP_NOFAIL` make an attempt without watermarks (R5.10). A lock holder
+    /// waiting for memory that only threads blocked on its lock could free then gets through.
+    /// No effect on requests that are not NOFAIL.
+    #[inline]
+    pub const fn after_wait(self) -> Effective {
+        Effective { deep: self.nofail(), ..self }
     }
 
     /// The normalised flags.
@@ -328,12 +340,12 @@ impl Effective {
     }
 
     /// How much of the emergency reserve this allocation may use: NOMEMALLOC beats everything
-    /// (R5.4), MEMALLOC takes all of it, NOFAIL half.
+    /// (R5.4), MEMALLOC takes all of it, NOFAIL half — all of it after it had to wait.
     #[inline]
     pub const fn reserve(self) -> Reserve {
         if self.gfp.contains(Gfp::NOMEMALLOC) {
             Reserve::None
-        } else if self.gfp.contains(Gfp::MEMALLOC) {
+        } else if self.gfp.contains(Gfp::MEMALLOC) || self.deep {
             Reserve::Full
         } else if self.gfp.contains(Gfp::NOFAIL) {
             Reserve::Half

@@ -16,7 +16,9 @@
 //!  slab::heap        per-thread heaps: fast paths, page queues, retire, remote free
 //!  slab::abandon     pages of exited threads, the heap pool
 //!  vmap              page-granular large areas and their registry
-//!  page              the page-source layer and accounting (usage)
+//!  page              the page-source layer and accounting (usage, limit, reserve, watermarks)
+//!  reclaim           the policy after a refusal, shrinkers and their registry (loom-checked),
+//!                    direct and background reclaim, NOFAIL waits
 //!  alloc             `Core`: entry points, dispatch, realloc, thread exit, fork
 //!  platform          what a shim provides
 //! ```
@@ -64,6 +66,8 @@ mod page;
 #[cfg(not(loom))]
 mod platform;
 #[cfg(not(loom))]
+mod reclaim;
+#[cfg(not(loom))]
 pub mod report;
 #[cfg(not(loom))]
 mod scope;
@@ -79,12 +83,23 @@ mod tests;
 #[cfg(not(loom))]
 mod vmap;
 
-/// Under loom only the lock-free structures are compiled.
+/// Under loom only the lock-free structures (and what they name) are compiled.
 #[cfg(loom)]
 #[allow(dead_code)]
 mod slab {
     #[path = "remote.rs"]
     pub(crate) mod remote;
+}
+#[cfg(loom)]
+#[allow(dead_code, unused_imports)]
+mod gfp;
+#[cfg(loom)]
+#[allow(dead_code)]
+mod reclaim {
+    #[path = "registry.rs"]
+    pub(crate) mod registry;
+    #[path = "shrinker.rs"]
+    pub(crate) mod shrinker;
 }
 
 #[cfg(not(loom))]
@@ -94,10 +109,14 @@ pub use gfp::{Effective, Gfp, ReclaimClass, Reserve};
 #[cfg(not(loom))]
 pub use platform::{Platform, ThreadCtx};
 #[cfg(not(loom))]
+pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
+#[cfg(not(loom))]
+pub use reclaim::{Cause, ShrinkerId, ShrinkerStats};
+#[cfg(not(loom))]
 pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
 #[cfg(not(loom))]
 pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
 #[cfg(not(loom))]
-pub use stats::Stats;
+pub use stats::{ShrinkerRow, Stats, MAX_SHRINKER_ROWS};
 #[cfg(not(loom))]
 pub use sync::{SpinGuard, SpinLock};

@@ -3,28 +3,79 @@
 //! back (unmapped or purged). `usage()` is that number; the memory limit (see the reclaim issue)
 //! is checked against it in [`Accounting::charge`].
 
-use crate::gfp::Effective;
+use crate::gfp::{Effective, Reserve};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::ptr::NonNull;
 
-/// Bytes charged, and the most ever charged. Any thread, Relaxed: the numbers are statistics and
-/// a budget, not a synchronisation point.
+/// No limit.
+const UNLIMITED: usize = usize::MAX;
+
+/// Bytes charged, the most ever charged, and the limit. Any thread, Relaxed: the numbers are a
+/// budget and statistics, not a synchronisation point (a charge is one CAS against the ceiling
+/// of its context, so `usage` never passes the limit).
 pub(crate) struct Accounting {
     usage: AtomicUsize,
     peak: AtomicUsize,
+    /// The hard limit, or `UNLIMITED`.
+    limit: AtomicUsize,
+    /// Charges that went below `limit − reserve`.
+    pub(crate) reserve_uses: AtomicUsize,
+}
+
+/// The emergency reserve under a limit: 1/32 of it, at least 256 KiB, at most 64 MiB, never
+/// more than half the limit.
+#[inline]
+pub(crate) fn reserve_of(limit: usize) -> usize {
+    (limit / 32).clamp(256 << 10, 64 << 20).min(limit / 2)
 }
 
 impl Accounting {
     pub(crate) const fn new() -> Self {
-        Accounting { usage: AtomicUsize::new(0), peak: AtomicUsize::new(0) }
+        Accounting {
+            usage: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            limit: AtomicUsize::new(UNLIMITED),
+            reserve_uses: AtomicUsize::new(0),
+        }
     }
 
-    /// Charges `bytes` for an allocation in context `eff`; false if it may not have them.
+    /// The highest usage a context may charge to: plain requests stop at `limit − reserve`;
+    /// NOFAIL may use half the reserve, MEMALLOC all of it, NOMEMALLOC none (DESIGN.md).
+    #[inline]
+    fn ceiling(limit: usize, level: Reserve) -> usize {
+        let r = reserve_of(limit);
+        match level {
+            Reserve::None => limit - r,
+            Reserve::Half => limit - r / 2,
+            Reserve::Full => limit,
+        }
+    }
+
+    /// Charges `bytes` for an allocation in context `eff`; false if that would take usage past
+    /// the context's ceiling.
     #[inline]
     pub(crate) fn charge(&self, bytes: usize, eff: Effective) -> bool {
-        let _ = eff;
-        let now = self.usage.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let limit = self.limit.load(Ordering::Relaxed);
+        let now = if limit == UNLIMITED {
+            self.usage.fetch_add(bytes, Ordering::Relaxed) + bytes
+        } else {
+            let ceiling = Self::ceiling(limit, eff.reserve());
+            let mut cur = self.usage.load(Ordering::Relaxed);
+            loop {
+                let new = match cur.checked_add(bytes) {
+                    Some(n) if n <= ceiling => n,
+                    _ => return false,
+                };
+                match self.usage.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break new,
+                    Err(c) => cur = c,
+                }
+            }
+        };
+        if limit != UNLIMITED && now > Self::ceiling(limit, Reserve::None) {
+            self.reserve_uses.fetch_add(1, Ordering::Relaxed);
+        }
         self.peak.fetch_max(now, Ordering::Relaxed);
         true
     }
@@ -46,6 +97,49 @@ impl Accounting {
     #[inline]
     pub(crate) fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The limit, if any.
+    #[inline]
+    pub(crate) fn limit(&self) -> Option<usize> {
+        let l = self.limit.load(Ordering::Relaxed);
+        (l != UNLIMITED).then_some(l)
+    }
+
+    /// Sets or clears the limit.
+    pub(crate) fn set_limit(&self, limit: Option<usize>) {
+        self.limit.store(limit.unwrap_or(UNLIMITED), Ordering::Relaxed);
+    }
+
+    /// The gap between the watermarks: 1/16 of what plain requests may use, at least 1 MiB.
+    #[inline]
+    fn gap(plain: usize) -> usize {
+        (plain / 16).max(1 << 20).min(plain / 4)
+    }
+
+    /// Whether usage passed the low watermark (`plain ceiling − gap`): background reclaim is due.
+    #[inline]
+    pub(crate) fn above_low_watermark(&self) -> bool {
+        match self.limit() {
+            None => false,
+            Some(l) => {
+                let plain = Self::ceiling(l, Reserve::None);
+                self.usage() > plain - Self::gap(plain)
+            }
+        }
+    }
+
+    /// Whether usage is above the high watermark (`plain ceiling − 2 · gap`): background
+    /// reclaim continues until it is not.
+    #[inline]
+    pub(crate) fn above_high_watermark(&self) -> bool {
+        match self.limit() {
+            None => false,
+            Some(l) => {
+                let plain = Self::ceiling(l, Reserve::None);
+                self.usage() > plain - 2 * Self::gap(plain)
+            }
+        }
     }
 }
 

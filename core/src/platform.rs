@@ -159,6 +159,13 @@ pub unsafe trait Platform: Sync {
     /// Wakes every waiter on `word`.
     fn wake_all(&self, word: &AtomicU32);
 
+    /// Called (from an allocation's slow path, with no allocator lock held) when background
+    /// reclaim is wanted: a platform that has a background thread makes sure it is running; it
+    /// sleeps in [`Core::background_wait`](crate::Core::background_wait) and calls
+    /// [`Core::background_reclaim`](crate::Core::background_reclaim). Must not allocate through
+    /// the global allocator.
+    fn background_wanted(&self) {}
+
     /// Called while spinning on a lock: yield the CPU if there is anything else to run.
     #[inline]
     fn relax(&self) {

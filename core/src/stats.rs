@@ -1,6 +1,8 @@
 //! Statistics: counters bumped on slow paths only (the fast paths count nothing), and a
 //! [`Stats`] snapshot whose `Display` is a readable table.
 
+use crate::gfp::ReclaimClass;
+use crate::reclaim::{Cause, ShrinkerStats};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::fmt;
@@ -35,10 +37,12 @@ impl Counters {
 /// allocates.
 ///
 /// ```
-/// let s = ctxalloc_core::Stats::default();
-/// assert!(s.to_string().contains("usage"));
+/// # #[cfg(feature = "mock")] {
+/// let core = ctxalloc_core::Core::new(ctxalloc_core::mock::MockPlatform::new(8 << 20));
+/// assert!(core.stats().to_string().contains("usage"));
+/// # }
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Bytes obtained from the page source and not given back (what a limit is checked against).
@@ -69,31 +73,120 @@ pub struct Stats {
     pub bad_frees: u64,
     /// Scopes restored out of order (debug builds detect them).
     pub scope_mispairs: u64,
+    /// The memory limit, if any.
+    pub limit: Option<usize>,
+    /// Charges that went into the emergency reserve.
+    pub reserve_uses: u64,
+    /// Direct-reclaim rounds run by allocating threads.
+    pub reclaim_rounds: u64,
+    /// Background-reclaim passes.
+    pub background_passes: u64,
+    /// Times a NOFAIL allocation slept waiting for memory.
+    pub nofail_waits: u64,
+    /// Stall reports of NOFAIL allocations (one per 10 s stalled).
+    pub nofail_stalls: u64,
+    /// Failed allocations by cause, indexed by [`Cause`] as `usize`.
+    pub failures_by_cause: [u64; 5],
+    /// Registered shrinkers (the first [`MAX_SHRINKER_ROWS`]).
+    pub shrinkers: [ShrinkerRow; MAX_SHRINKER_ROWS],
+    /// How many rows of `shrinkers` are filled.
+    pub shrinker_rows: usize,
+}
+
+/// Shrinkers a [`Stats`] snapshot lists.
+pub const MAX_SHRINKER_ROWS: usize = 16;
+
+/// One shrinker in a [`Stats`] snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShrinkerRow {
+    name: [u8; 32],
+    name_len: usize,
+    /// Its class.
+    pub class: ReclaimClass,
+    /// Its counters.
+    pub stats: ShrinkerStats,
+}
+
+impl Default for ShrinkerRow {
+    fn default() -> Self {
+        ShrinkerRow {
+            name: [0; 32],
+            name_len: 0,
+            class: ReclaimClass::Other,
+            stats: ShrinkerStats::default(),
+        }
+    }
+}
+
+impl ShrinkerRow {
+    fn new(name: &str, class: ReclaimClass, stats: ShrinkerStats) -> ShrinkerRow {
+        let mut n = name.len().min(32);
+        while !name.is_char_boundary(n) {
+            n -= 1;
+        }
+        let mut row = ShrinkerRow { name_len: n, class, stats, ..ShrinkerRow::default() };
+        row.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        row
+    }
+
+    /// The shrinker's name (cut to 32 bytes).
+    pub fn name(&self) -> &str {
+        core::str::from_utf8(&self.name[..self.name_len]).unwrap_or("?")
+    }
+}
+
+impl Stats {
+    /// Failures of one cause.
+    pub fn failures(&self, cause: Cause) -> u64 {
+        self.failures_by_cause[cause as usize]
+    }
+
+    /// The shrinker rows that are filled.
+    pub fn shrinkers(&self) -> &[ShrinkerRow] {
+        &self.shrinkers[..self.shrinker_rows]
+    }
 }
 
 /// `n` bytes as a short human-readable figure.
 pub(crate) struct Bytes(pub(crate) u64);
 
+/// A limit for display: a size or "none".
+pub(crate) struct Limit(pub(crate) Option<usize>);
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(l) => Bytes(l as u64).fmt(f),
+            None => f.pad("none"),
+        }
+    }
+}
+
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Padding applies to the whole figure.
+        let mut buf = crate::report::ReportBuf::new();
         let n = self.0;
-        if n < 10 * 1024 {
-            write!(f, "{n} B")
+        let _ = if n < 10 * 1024 {
+            fmt::Write::write_fmt(&mut buf, format_args!("{n} B"))
         } else if n < 10 * 1024 * 1024 {
-            write!(f, "{} KiB", n / 1024)
+            fmt::Write::write_fmt(&mut buf, format_args!("{} KiB", n / 1024))
         } else if n < 10 * 1024 * 1024 * 1024 {
-            write!(f, "{} MiB", n >> 20)
+            fmt::Write::write_fmt(&mut buf, format_args!("{} MiB", n >> 20))
         } else {
-            write!(f, "{} GiB", n >> 30)
-        }
+            fmt::Write::write_fmt(&mut buf, format_args!("{} GiB", n >> 30))
+        };
+        f.pad(buf.as_str())
     }
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &dyn fmt::Display); 14] = [
+        let fail = |c: Cause| self.failures(c);
+        let rows: [(&str, &dyn fmt::Display); 25] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
+            ("limit", &Limit(self.limit)),
             ("segments", &self.segments),
             ("slab pages", &self.slab_pages),
             ("abandoned pages", &self.abandoned_pages),
@@ -103,13 +196,47 @@ impl fmt::Display for Stats {
             ("page-source maps", &self.os_maps),
             ("page-source unmaps", &self.os_unmaps),
             ("purged", &Bytes(self.purged_bytes)),
+            ("reserve uses", &self.reserve_uses),
+            ("reclaim rounds", &self.reclaim_rounds),
+            ("background passes", &self.background_passes),
+            ("NOFAIL waits", &self.nofail_waits),
+            ("NOFAIL stalls", &self.nofail_stalls),
             ("failed allocations", &self.alloc_failures),
+            ("  too large", &fail(Cause::TooLarge)),
+            ("  no reclaim allowed", &fail(Cause::NoReclaim)),
+            ("  NORETRY", &fail(Cause::NoRetry)),
+            ("  reclaim exhausted", &fail(Cause::Exhausted)),
+            ("  NOFAIL denied", &fail(Cause::NofailDenied)),
             ("bad frees", &self.bad_frees),
             ("scope mispairs", &self.scope_mispairs),
         ];
         writeln!(f, "ctxalloc statistics")?;
         for (name, value) in rows {
-            writeln!(f, "  {name:<20} {value:>12}")?;
+            writeln!(f, "  {name:<22} {value:>12}")?;
+        }
+        if self.shrinker_rows > 0 {
+            writeln!(
+                f,
+                "  {:<22} {:>5} {:>10} {:>12} {:>8} {:>10}",
+                "shrinker", "class", "scans", "freed", "skipped", "deferred"
+            )?;
+            for r in self.shrinkers() {
+                let class = match r.class {
+                    ReclaimClass::Fs => "FS",
+                    ReclaimClass::Io => "IO",
+                    ReclaimClass::Other => "other",
+                };
+                let s = r.stats;
+                writeln!(
+                    f,
+                    "  {:<22} {class:>5} {:>10} {:>12} {:>8} {:>10}",
+                    r.name(),
+                    s.calls,
+                    s.freed,
+                    s.skipped,
+                    s.deferred
+                )?;
+            }
         }
         Ok(())
     }
@@ -120,6 +247,15 @@ impl<P: Platform> Core<P> {
     pub fn stats(&self) -> Stats {
         let (vmap_areas, vmap_bytes) = self.vmap_totals();
         let c = &self.counters;
+        let r = &self.reclaim;
+        let mut shrinkers = [ShrinkerRow::default(); MAX_SHRINKER_ROWS];
+        let mut shrinker_rows = 0;
+        self.for_each_shrinker(|name, class, st| {
+            if let Some(row) = shrinkers.get_mut(shrinker_rows) {
+                *row = ShrinkerRow::new(name, class, st);
+                shrinker_rows += 1;
+            }
+        });
         Stats {
             usage: self.acct.usage(),
             peak: self.acct.peak(),
@@ -135,6 +271,15 @@ impl<P: Platform> Core<P> {
             alloc_failures: c.alloc_failures.load(Ordering::Relaxed) as u64,
             bad_frees: c.bad_frees.load(Ordering::Relaxed) as u64,
             scope_mispairs: c.scope_mispairs.load(Ordering::Relaxed) as u64,
+            limit: self.acct.limit(),
+            reserve_uses: self.acct.reserve_uses.load(Ordering::Relaxed) as u64,
+            reclaim_rounds: r.direct_rounds.load(Ordering::Relaxed) as u64,
+            background_passes: r.background_passes.load(Ordering::Relaxed) as u64,
+            nofail_waits: r.nofail_waits.load(Ordering::Relaxed) as u64,
+            nofail_stalls: r.nofail_stalls.load(Ordering::Relaxed) as u64,
+            failures_by_cause: core::array::from_fn(|i| r.failures[i].load(Ordering::Relaxed) as u64),
+            shrinkers,
+            shrinker_rows,
         }
     }
 }

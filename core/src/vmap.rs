@@ -12,6 +12,7 @@
 //! across a call that could allocate or reclaim.
 
 use crate::gfp::{Effective, Gfp};
+use crate::reclaim::{Attempt, Step};
 use crate::size_class::class_of;
 use crate::sync::Ordering;
 use crate::{Core, Platform};
@@ -168,24 +169,29 @@ impl<P: Platform> Core<P> {
             return ptr::null_mut();
         }
 
-        if !self.acct.charge(len, eff) {
-            // SAFETY: the descriptor is ours.
-            unsafe { self.slab_free(desc.cast()) };
-            return self.alloc_failed(layout.size(), eff);
-        }
-        // SAFETY: `len` and `align` are page multiples; `align` a power of two.
-        let Some(p) = (unsafe { self.os_map(len, align) }) else {
-            self.acct.uncharge(len);
-            // SAFETY: the descriptor is ours.
-            unsafe { self.slab_free(desc.cast()) };
-            return self.alloc_failed(layout.size(), eff);
+        // The area: charged and mapped, through reclaim when the limit or the page source
+        // refuses (a real ENOMEM takes the same path as the limit).
+        let mut attempt = Attempt::new(len);
+        let p = loop {
+            if self.charge(len, attempt.context(eff)) {
+                // SAFETY: `len` and `align` are page multiples; `align` a power of two.
+                match unsafe { self.os_map(len, align) } {
+                    Some(p) => break p,
+                    None => self.uncharge(len),
+                }
+            }
+            if let Step::Fail(cause) = self.reclaim_step(eff, &mut attempt) {
+                // SAFETY: the descriptor is ours.
+                unsafe { self.slab_free(desc.cast()) };
+                return self.reclaim_failed(layout.size(), eff, cause);
+            }
         };
         // SAFETY: the descriptor is ours until registered.
         unsafe {
             desc.write(VmArea { addr: p.as_ptr().addr(), len, next: ptr::null_mut() });
             if !self.registry_insert(desc, eff) {
                 self.os_unmap(p, len);
-                self.acct.uncharge(len);
+                self.uncharge(len);
                 self.slab_free(desc.cast());
                 return self.alloc_failed(layout.size(), eff);
             }
@@ -248,12 +254,12 @@ impl<P: Platform> Core<P> {
     /// A zeroed, charged bucket table of `1 << shift` heads.
     fn table_map(&self, shift: u32, eff: Effective) -> Option<NonNull<u8>> {
         let bytes = Self::table_bytes(shift);
-        if !self.acct.charge(bytes, eff) {
+        if !self.charge(bytes, eff) {
             return None;
         }
         // SAFETY: whole pages.
         let Some(t) = (unsafe { self.os_map(bytes, P::PAGE_SIZE) }) else {
-            self.acct.uncharge(bytes);
+            self.uncharge(bytes);
             return None;
         };
         if !P::MAP_ZEROED {
@@ -269,7 +275,7 @@ impl<P: Platform> Core<P> {
         let bytes = Self::table_bytes(shift);
         // SAFETY: per the contract.
         unsafe { self.os_unmap(t, bytes) };
-        self.acct.uncharge(bytes);
+        self.uncharge(bytes);
     }
 
     /// Frees a vmap area. A pointer that is not a live area is reported and ignored.
@@ -286,7 +292,7 @@ impl<P: Platform> Core<P> {
         unsafe {
             let VmArea { addr, len, .. } = desc.read();
             self.os_unmap(NonNull::new_unchecked(self.platform.ptr_from_addr(addr)), len);
-            self.acct.uncharge(len);
+            self.uncharge(len);
             self.slab_free(desc.cast());
         }
     }
@@ -319,7 +325,7 @@ impl<P: Platform> Core<P> {
             let t = unsafe { &*self.platform.thread() };
             let eff = Effective::new(Gfp::KERNEL, t.scope.current());
             let grow = new_len.saturating_sub(old_len);
-            if grow == 0 || self.acct.charge(grow, eff) {
+            if grow == 0 || self.charge(grow, eff) {
                 // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded.
                 let moved = unsafe {
                     self.platform.remap(
@@ -331,7 +337,7 @@ impl<P: Platform> Core<P> {
                 match moved {
                     Some(p) => {
                         if new_len < old_len {
-                            self.acct.uncharge(old_len - new_len);
+                            self.uncharge(old_len - new_len);
                         }
                         // SAFETY: ours while unregistered.
                         unsafe {
@@ -340,7 +346,7 @@ impl<P: Platform> Core<P> {
                         }
                         result = p.as_ptr();
                     }
-                    None => self.acct.uncharge(grow),
+                    None => self.uncharge(grow),
                 }
             }
         }

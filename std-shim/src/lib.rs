@@ -26,10 +26,16 @@
 
 #![warn(missing_docs)]
 
+mod env;
 mod platform;
+mod reclaim;
 mod scope;
 
-pub use ctxalloc_core::{AllocError, Cookie, Effective, Gfp, ReclaimClass, Stats};
+pub use ctxalloc_core::{
+    AllocError, Cause, Cookie, Effective, Gfp, ReclaimClass, ScanResult, ShrinkControl, Shrinker,
+    ShrinkerRow, ShrinkerStats, Stats,
+};
+pub use reclaim::{limit, reclaim, register_shrinker, set_limit, ShrinkerHandle};
 pub use scope::{
     current, memalloc_flags_restore, memalloc_flags_save, memalloc_nofail_restore, memalloc_nofail_save,
     memalloc_nofs_restore, memalloc_nofs_save, memalloc_noio_restore, memalloc_noio_save,

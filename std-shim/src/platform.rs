@@ -30,8 +30,88 @@ impl Drop for ExitHook {
     }
 }
 
-/// Whether the `fork` handlers are registered.
+/// Whether the `fork` handlers are registered and the environment was read.
 static ATFORK: AtomicBool = AtomicBool::new(false);
+
+/// Whether the background reclaimer runs (in this process: a child of `fork` has none).
+static BACKGROUND: AtomicBool = AtomicBool::new(false);
+
+/// `CTXALLOC_BACKGROUND=off`: never start the background reclaimer (all reclaim is then direct,
+/// on the allocating threads — deterministic, and no extra thread).
+static BACKGROUND_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Starts the background reclaimer if it is not running. Safe to call from an allocation's
+/// slow path: it creates a bare pthread (the C library allocates its stack and TLS itself).
+pub(crate) fn start_background() {
+    if BACKGROUND_OFF.load(Ordering::Acquire) || BACKGROUND.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut tid: libc::pthread_t = 0;
+    // SAFETY: `background_main` never returns and touches only the allocator's own state.
+    let r = unsafe { libc::pthread_create(&mut tid, ptr::null(), background_main, ptr::null_mut()) };
+    if r == 0 {
+        // SAFETY: a thread we just created; nobody joins it.
+        unsafe { libc::pthread_detach(tid) };
+    } else {
+        BACKGROUND.store(false, Ordering::Release);
+        StdPlatform.report("ctxalloc: could not start the background reclaimer; reclaim stays direct\n");
+    }
+}
+
+/// The background reclaimer (the kernel's kswapd): sleeps until usage passes the low watermark,
+/// then reclaims in a clean context down to the high watermark and runs deferred work.
+extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    #[cfg(target_os = "linux")]
+    // SAFETY: names the calling thread; the name is a NUL-terminated literal under 16 bytes.
+    unsafe {
+        libc::pthread_setname_np(libc::pthread_self(), c"ctxalloc-reclaim".as_ptr());
+    }
+    loop {
+        if CORE.background_wait(1_000_000_000) {
+            CORE.background_reclaim();
+        }
+    }
+}
+
+/// Reads the environment without allocating: `CTXALLOC_BACKGROUND=off`, and `CTXALLOC_LIMIT`
+/// (a value that does not parse is reported and ignored).
+fn read_environment() {
+    // SAFETY: as below.
+    let bg = unsafe { libc::getenv(c"CTXALLOC_BACKGROUND".as_ptr()) };
+    if !bg.is_null() {
+        // SAFETY: a NUL-terminated string from the environment.
+        let v = unsafe { std::ffi::CStr::from_ptr(bg) }.to_bytes();
+        if matches!(v, b"off" | b"0" | b"no" | b"false") {
+            BACKGROUND_OFF.store(true, Ordering::Release);
+        }
+    }
+    // SAFETY: a NUL-terminated name; the result is null or a NUL-terminated string that stays
+    // valid while nobody calls setenv (which a program does not do while allocating for the
+    // first time).
+    let v = unsafe { libc::getenv(c"CTXALLOC_LIMIT".as_ptr()) };
+    if v.is_null() {
+        return;
+    }
+    // SAFETY: as above.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes();
+    match crate::env::parse_limit(bytes) {
+        Ok(limit) => {
+            CORE.set_limit(limit);
+        }
+        Err(()) => {
+            let mut b = ctxalloc_core::report::ReportBuf::new();
+            let shown = std::str::from_utf8(&bytes[..bytes.len().min(64)]).unwrap_or("(not UTF-8)");
+            let _ = std::fmt::Write::write_fmt(
+                &mut b,
+                format_args!(
+                    "ctxalloc: ignoring CTXALLOC_LIMIT={shown:?}: expected a size in bytes with an \
+                     optional K, M, G or T suffix (512M, 2G), or \"none\"\n"
+                ),
+            );
+            StdPlatform.report(b.as_str());
+        }
+    }
+}
 
 extern "C" fn fork_prepare() {
     CORE.fork_prepare();
@@ -43,6 +123,8 @@ extern "C" fn fork_parent() {
 }
 
 extern "C" fn fork_child() {
+    // The background reclaimer did not survive the fork; it restarts when wanted.
+    BACKGROUND.store(false, Ordering::Release);
     // SAFETY: the child's only thread, which ran `fork_prepare`.
     unsafe { CORE.fork_child() };
 }
@@ -92,7 +174,12 @@ unsafe impl Platform for StdPlatform {
         if !ATFORK.swap(true, Ordering::AcqRel) {
             // SAFETY: plain C functions that never unwind.
             unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+            read_environment();
         }
+    }
+
+    fn background_wanted(&self) {
+        start_background();
     }
 
     unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {

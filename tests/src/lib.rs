@@ -210,9 +210,38 @@ pub fn is_child(test: &str) -> bool {
 /// Runs the test named `test` of the current test binary in a child process (which sees
 /// [`is_child`]) and returns its output.
 pub fn run_child(test: &str) -> Output {
-    Command::new(std::env::current_exe().expect("test binary path"))
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, test)
-        .output()
-        .expect("spawning the child test process")
+    run_child_env(test, &[])
+}
+
+/// [`run_child`] with extra environment variables.
+pub fn run_child_env(test: &str, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
+    c.args(["--exact", test, "--nocapture", "--test-threads=1"]).env(CHILD_ENV, test);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("spawning the child test process")
+}
+
+/// Runs the child scenario `test` and asserts it passed, showing its output if not.
+pub fn assert_child_passes(test: &str, env: &[(&str, &str)]) -> Output {
+    let out = run_child_env(test, env);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child {test} failed: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Spins (yielding) until `cond` holds; panics after `secs` seconds so that a broken test fails
+/// instead of hanging. The deadline is a guard, not the synchronisation.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+    }
 }

@@ -38,8 +38,8 @@ pub struct MockPlatform {
     base: NonNull<u8>,
     /// Arena length in bytes.
     len: usize,
-    /// One bit per page: mapped.
-    mapped: Mutex<Vec<u64>>,
+    /// One bit per page: mapped; and where the next search starts (next fit).
+    mapped: Mutex<(Vec<u64>, usize)>,
     /// Pages mapped now, and the most ever.
     mapped_pages: AtomicUsize,
     /// Fail this many `map` calls before succeeding again.
@@ -54,6 +54,8 @@ pub struct MockPlatform {
     echo: bool,
     /// Ticks 1 ms per `now_ns` call.
     clock: AtomicU64,
+    /// Calls of `background_wanted`.
+    background_wakeups: AtomicUsize,
     /// Distinguishes mock instances in the per-thread context table.
     id: usize,
 }
@@ -102,7 +104,7 @@ impl MockPlatform {
         MockPlatform {
             base,
             len,
-            mapped: Mutex::new(std::vec![0u64; (len / PAGE).div_ceil(64)]),
+            mapped: Mutex::new((std::vec![0u64; (len / PAGE).div_ceil(64)], 0)),
             mapped_pages: AtomicUsize::new(0),
             fail_maps: AtomicUsize::new(0),
             fail_all: core::sync::atomic::AtomicBool::new(false),
@@ -110,6 +112,7 @@ impl MockPlatform {
             map_contexts: Mutex::new(Vec::new()),
             echo: std::env::var_os("CTXALLOC_MOCK_ECHO").is_some(),
             clock: AtomicU64::new(0),
+            background_wakeups: AtomicUsize::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -140,6 +143,12 @@ impl MockPlatform {
         self.map_contexts.lock().unwrap().clone()
     }
 
+    /// How often the core asked for background reclaim (there is no background thread here:
+    /// tests call `Core::background_reclaim` themselves).
+    pub fn background_wakeups(&self) -> usize {
+        self.background_wakeups.load(Ordering::Relaxed)
+    }
+
     /// Whether `[addr, addr+len)` lies in the arena.
     pub fn contains(&self, addr: usize, len: usize) -> bool {
         let b = self.base.as_ptr().addr();
@@ -161,7 +170,7 @@ impl Drop for MockPlatform {
         let _ = CONTEXTS.try_with(|c| c.borrow_mut().retain(|(id, _)| *id != self.id));
         // Zero what is still mapped (unmapped ranges were zeroed by `unmap`), then keep the
         // arena for the next instance, or free it.
-        let bits = self.mapped.get_mut().unwrap();
+        let bits = &self.mapped.get_mut().unwrap().0;
         for (w, &word) in bits.iter().enumerate().filter(|_| Self::MAP_ZEROED) {
             let mut m = word;
             while m != 0 {
@@ -211,26 +220,31 @@ unsafe impl Platform for MockPlatform {
         if self.fail_maps.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             return None;
         }
-        assert!(len % PAGE == 0 && align.is_power_of_two() && align >= PAGE);
+        assert!(len.is_multiple_of(PAGE) && align.is_power_of_two() && align >= PAGE);
         let n = len / PAGE;
         let step = align / PAGE;
         let total = self.len / PAGE;
-        let mut bits = self.mapped.lock().unwrap();
+        let mut guard = self.mapped.lock().unwrap();
+        let (bits, cursor) = &mut *guard;
         let is_set = |bits: &[u64], i: usize| bits[i / 64] >> (i % 64) & 1 == 1;
-        let mut start = 0;
-        while start + n <= total {
-            match (start..start + n).find(|&i| is_set(&bits, i)) {
-                None => {
-                    self.set_range(&mut bits, start, n, true);
-                    self.mapped_pages.fetch_add(n, Ordering::Relaxed);
-                    drop(bits);
-                    // SAFETY: `thread` returns this thread's live context.
-                    let ctx = unsafe { (*self.thread()).scope().current() };
-                    self.map_contexts.lock().unwrap().push(ctx);
-                    let p = self.ptr_from_addr(self.base.as_ptr().addr() + start * PAGE);
-                    return NonNull::new(p);
+        // Next fit: from where the last mapping ended, then from the start.
+        for (from, to) in [(*cursor, total), (0, (*cursor + n).min(total))] {
+            let mut start = from.next_multiple_of(step);
+            while start + n <= to {
+                match (start..start + n).find(|&i| is_set(bits, i)) {
+                    None => {
+                        self.set_range(bits, start, n, true);
+                        *cursor = start + n;
+                        self.mapped_pages.fetch_add(n, Ordering::Relaxed);
+                        drop(guard);
+                        // SAFETY: `thread` returns this thread's live context.
+                        let ctx = unsafe { (*self.thread()).scope().current() };
+                        self.map_contexts.lock().unwrap().push(ctx);
+                        let p = self.ptr_from_addr(self.base.as_ptr().addr() + start * PAGE);
+                        return NonNull::new(p);
+                    }
+                    Some(busy) => start = (busy + 1).next_multiple_of(step),
                 }
-                Some(busy) => start = (busy + 1).next_multiple_of(step),
             }
         }
         None
@@ -245,7 +259,7 @@ unsafe impl Platform for MockPlatform {
         }
         let first = (ptr.as_ptr().addr() - self.base.as_ptr().addr()) / PAGE;
         let mut bits = self.mapped.lock().unwrap();
-        self.set_range(&mut bits, first, len / PAGE, false);
+        self.set_range(&mut bits.0, first, len / PAGE, false);
         self.mapped_pages.fetch_sub(len / PAGE, Ordering::Relaxed);
     }
 
@@ -270,7 +284,7 @@ unsafe impl Platform for MockPlatform {
                     unsafe { tail_ptr.write_bytes(0, old_len - new_len) };
                 }
                 let mut bits = self.mapped.lock().unwrap();
-                self.set_range(&mut bits, first + new_len / PAGE, tail, false);
+                self.set_range(&mut bits.0, first + new_len / PAGE, tail, false);
                 self.mapped_pages.fetch_sub(tail, Ordering::Relaxed);
             }
             return Some(ptr);
@@ -307,6 +321,10 @@ unsafe impl Platform for MockPlatform {
     }
 
     fn wake_all(&self, _word: &AtomicU32) {}
+
+    fn background_wanted(&self) {
+        self.background_wakeups.fetch_add(1, Ordering::Relaxed);
+    }
 
     fn relax(&self) {
         std::thread::yield_now();

@@ -10,11 +10,14 @@
 //! `owner` with a heap pointer after that heap's thread is gone, and a recycled heap gets a new
 //! thread, never a different type.
 
+use super::abandon::HEAP_CHUNK;
 use super::page::{Page, PageQueue};
 use super::remote::{Block, Push};
+use super::SLICE_SIZE;
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
-use crate::size_class::NUM_CLASSES;
+use crate::reclaim::{Attempt, Cause, Step};
+use crate::size_class::{class_slices, NUM_CLASSES};
 use crate::sync::{fence, AtomicBool, Ordering};
 use crate::{Core, Platform};
 use core::ptr;
@@ -209,19 +212,20 @@ impl<P: Platform> Core<P> {
                     // SAFETY: forwarded.
                     return unsafe { self.alloc_orphan(t, class, size, call) };
                 }
-                _ => {
-                    heap = self.thread_attach(t);
-                    if heap.is_null() {
-                        return self.alloc_failed(size, Effective::new(call, t.scope.current()));
+                _ => match self.thread_attach(t) {
+                    Ok(h) => heap = h,
+                    Err(cause) => {
+                        return self.reclaim_failed(size, Effective::new(call, t.scope.current()), cause);
                     }
-                }
+                },
             }
         }
         // SAFETY: `heap` is this thread's live heap.
         unsafe { self.heap_alloc(heap, t, class, size, call) }
     }
 
-    /// Allocates from `heap`, which the caller owns.
+    /// Allocates from `heap`, which the caller owns. When no page has room and no fresh page can
+    /// be charged, asks the reclaim policy (outside every lock) and retries.
     ///
     /// # Safety
     /// As [`alloc_slow`](Self::alloc_slow); `heap` is live and owned by the caller.
@@ -239,16 +243,23 @@ impl<P: Platform> Core<P> {
             if !(*page).free.is_null() {
                 return pop(page, size, call.contains(Gfp::ZERO));
             }
-            let page = self.find_page(heap, t, class, call);
-            if page.is_null() {
-                return self.alloc_failed(size, Effective::new(call, t.scope.current()));
+            let mut attempt: Option<Attempt> = None;
+            loop {
+                let eff = Effective::new(call, t.scope.current());
+                let page = self.find_page(heap, class, attempt.as_ref().map_or(eff, |a| a.context(eff)));
+                if !page.is_null() {
+                    return pop(page, size, call.contains(Gfp::ZERO));
+                }
+                let at = attempt.get_or_insert_with(|| Attempt::new(class_slices(class) * SLICE_SIZE));
+                if let Step::Fail(cause) = self.reclaim_step(eff, at) {
+                    return self.reclaim_failed(size, eff, cause);
+                }
             }
-            pop(page, size, call.contains(Gfp::ZERO))
         }
     }
 
     /// A page of `class` with a block on its `free` list, made the class's direct page; null
-    /// when no memory can be had in this context.
+    /// when no memory can be had in context `eff`.
     ///
     /// Order: the queued pages (collecting their local and remote frees, carving untouched
     /// blocks) → full pages that received frees → abandoned pages of exited threads → a fresh
@@ -257,7 +268,7 @@ impl<P: Platform> Core<P> {
     ///
     /// # Safety
     /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
-    unsafe fn find_page(&self, heap: *mut Heap, t: &ThreadCtx, class: usize, call: Gfp) -> *mut Page {
+    unsafe fn find_page(&self, heap: *mut Heap, class: usize, eff: Effective) -> *mut Page {
         // SAFETY: the caller owns the heap and every page on its lists.
         unsafe {
             let _busy = Busy::enter(heap);
@@ -291,7 +302,6 @@ impl<P: Platform> Core<P> {
                 return Heap::activate(heap, class, page);
             }
 
-            let eff = Effective::new(call, t.scope.current());
             let Some(page) = self.span_alloc(heap, class, eff) else {
                 return ptr::null_mut();
             };
@@ -496,14 +506,12 @@ impl<P: Platform> Core<P> {
     }
 
     /// Gives the calling thread a heap.
-    pub(crate) fn thread_attach(&self, t: &ThreadCtx) -> *mut Heap {
-        let heap = self.heap_acquire();
-        if !heap.is_null() {
-            t.heap.set(heap);
-            t.state.set(ThreadState::Active as u8);
-            self.platform.thread_attached();
-        }
-        heap
+    pub(crate) fn thread_attach(&self, t: &ThreadCtx) -> Result<*mut Heap, Cause> {
+        let heap = self.heap_acquire(Effective::new(Gfp::KERNEL, t.scope.current()))?;
+        t.heap.set(heap);
+        t.state.set(ThreadState::Active as u8);
+        self.platform.thread_attached();
+        Ok(heap)
     }
 
     /// Slab allocation for a thread that has exited (from a thread-local destructor that runs
@@ -517,18 +525,37 @@ impl<P: Platform> Core<P> {
     unsafe fn alloc_orphan(&self, t: &ThreadCtx, class: usize, size: usize, call: Gfp) -> *mut u8 {
         let mut orphan = self.lock(&self.orphan);
         if orphan.0.is_null() {
-            orphan.0 = self.heap_acquire();
-            if orphan.0.is_null() {
-                drop(orphan);
-                return self.alloc_failed(size, Effective::new(call, t.scope.current()));
+            match self.heap_acquire(Effective::new(Gfp::NORECLAIM, t.scope.current())) {
+                Ok(h) => orphan.0 = h,
+                Err(cause) => {
+                    drop(orphan);
+                    return self.reclaim_failed(size, Effective::new(call, t.scope.current()), cause);
+                }
             }
         }
         // SAFETY: the orphan heap is owned by whoever holds its lock.
         unsafe { self.heap_alloc(orphan.0, t, class, size, call | Gfp::NORECLAIM) }
     }
 
-    /// A heap from the pool, or a new one; null if no memory for one.
-    pub(crate) fn heap_acquire(&self) -> *mut Heap {
+    /// A heap from the pool, or a new one (charged in context `eff`, through reclaim if needed).
+    /// The caller reports a failure, naming the allocation that needed the heap.
+    pub(crate) fn heap_acquire(&self, eff: Effective) -> Result<*mut Heap, Cause> {
+        let mut attempt = Attempt::new(HEAP_CHUNK);
+        loop {
+            match self.heap_take(attempt.context(eff)) {
+                Ok(h) => return Ok(h),
+                Err(()) => {
+                    if let Step::Fail(cause) = self.reclaim_step(eff, &mut attempt) {
+                        return Err(cause);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A heap from the pool, or carved from a chunk; `Err` if a new chunk could not be charged
+    /// or mapped (the pool lock is released before the caller reclaims).
+    fn heap_take(&self, eff: Effective) -> Result<*mut Heap, ()> {
         let mut pool = self.lock(&self.heaps);
         let heap = if !pool.free.is_null() {
             let h = pool.free;
@@ -541,17 +568,18 @@ impl<P: Platform> Core<P> {
         } else {
             let size = core::mem::size_of::<Heap>();
             if pool.chunk_left < size {
-                let len = super::abandon::HEAP_CHUNK;
-                if !self.acct.charge(len, Effective::new(Gfp::KERNEL, Gfp::KERNEL)) {
-                    return ptr::null_mut();
+                // Heaps are allocator metadata a thread needs before anything else: charged as
+                // its first allocation would be.
+                if !self.charge(HEAP_CHUNK, eff) {
+                    return Err(());
                 }
                 // SAFETY: a whole number of pages, page-aligned.
-                let Some(p) = (unsafe { self.os_map(len, P::PAGE_SIZE) }) else {
-                    self.acct.uncharge(len);
-                    return ptr::null_mut();
+                let Some(p) = (unsafe { self.os_map(HEAP_CHUNK, P::PAGE_SIZE) }) else {
+                    self.uncharge(HEAP_CHUNK);
+                    return Err(());
                 };
                 pool.chunk = p.as_ptr();
-                pool.chunk_left = len;
+                pool.chunk_left = HEAP_CHUNK;
             }
             let h = pool.chunk.cast::<Heap>();
             // SAFETY: the chunk has room for a heap; `Heap` needs 8-byte alignment, which every
@@ -567,7 +595,7 @@ impl<P: Platform> Core<P> {
         // SAFETY: `heap` is ours; pool fields under the pool lock.
         unsafe { (*heap).live = true };
         pool.live += 1;
-        heap
+        Ok(heap)
     }
 
     /// Returns an abandoned heap to the pool.

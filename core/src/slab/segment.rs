@@ -165,7 +165,7 @@ impl<P: Platform> Core<P> {
                             let run = run_mask(idx, n);
                             let clean = run & !(*seg).committed;
                             let clean_bytes = clean.count_ones() as usize * SLICE_SIZE;
-                            if clean_bytes != 0 && !self.acct.charge(clean_bytes, eff) {
+                            if clean_bytes != 0 && !self.charge(clean_bytes, eff) {
                                 return None;
                             }
                             ph.dirty -= (run & (*seg).committed).count_ones() as usize * SLICE_SIZE;
@@ -240,12 +240,12 @@ impl<P: Platform> Core<P> {
     /// None beyond the platform's contract.
     unsafe fn segment_map(&self, eff: Effective) -> Option<*mut Segment> {
         let hdr = header_bytes(P::PAGE_SIZE);
-        if !self.acct.charge(hdr, eff) {
+        if !self.charge(hdr, eff) {
             return None;
         }
         // SAFETY: the segment size is a multiple of any page size and a power of two.
         let Some(p) = (unsafe { self.os_map(SEGMENT_SIZE, SEGMENT_SIZE) }) else {
-            self.acct.uncharge(hdr);
+            self.uncharge(hdr);
             return None;
         };
         let seg = p.as_ptr().cast::<Segment>();
@@ -314,7 +314,7 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `seg` is empty, unlinked and unreachable.
     unsafe fn segment_unmap(&self, seg: *mut Segment, dirty: usize) {
-        self.acct.uncharge(dirty + header_bytes(P::PAGE_SIZE));
+        self.uncharge(dirty + header_bytes(P::PAGE_SIZE));
         // SAFETY: per the contract; `seg` came from `os_map(SEGMENT_SIZE, ..)`.
         unsafe { self.os_unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
     }
@@ -342,7 +342,7 @@ impl<P: Platform> Core<P> {
             dirty &= !run;
         }
         if given != 0 {
-            self.acct.uncharge(given);
+            self.uncharge(given);
             self.counters.purged.fetch_add(given, Ordering::Relaxed);
         }
         given

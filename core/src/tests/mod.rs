@@ -490,3 +490,5 @@ fn fork_child_leaves_a_heap_caught_in_a_slow_path_alone() {
         tx.send(()).unwrap();
     });
 }
+
+mod reclaim;

@@ -1,0 +1,573 @@
+//! Reclaim: what an allocation may do when the page source or the memory limit refuses it, and
+//! what the background reclaimer does. All of it is decided by the allocation's effective
+//! context (R4, R5 of kernel-semantics.md):
+//!
+//! 1. drain the allocator's own caches (dirty slices, the spare segment, this thread's empty
+//!    pages) — always allowed;
+//! 2. direct reclaim, unless NORECLAIM or MEMALLOC: shrinkers of the classes the context allows,
+//!    with MEMALLOC set on this thread while they run; the others' work is deferred (R4.3);
+//! 3. the reserve: a deeper charge for NOFAIL (half) and MEMALLOC (all) — applied by the charge
+//!    itself;
+//! 4. NOFAIL (and allowed to wait): sleep until memory is given back or a timeout, report a
+//!    stall every 10 s, retry for ever;
+//! 5. otherwise fail: after one pass for NORETRY, after 16 consecutive rounds without progress
+//!    for the rest; at once for a request larger than the limit, or for NOFAIL in a context
+//!    that cannot wait.
+//!
+//! Nothing here runs under an allocator lock: the callers release every lock before asking
+//! [`Core::reclaim_step`] what to do, and retry afterwards.
+
+pub(crate) mod registry;
+pub(crate) mod shrinker;
+
+use crate::gfp::{Effective, Gfp, ReclaimClass};
+use crate::report::{report, RateLimit};
+use crate::stats::Bytes;
+use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::{Core, Platform};
+use core::panic::Location;
+use core::ptr::NonNull;
+use registry::{Chunk, Registry, Slot};
+use shrinker::{ScanResult, ShrinkControl, Shrinker};
+
+/// The kernel's `DEF_PRIORITY`: a round starts by scanning `freeable >> 12` objects.
+const DEF_PRIORITY: u32 = 12;
+/// Rounds without progress before a default request gives up (R5.6).
+const MAX_NO_PROGRESS: u32 = 16;
+/// Rounds in all before a request that may fail gives up even if shrinkers keep reporting
+/// progress (objects they free may never add up to what this allocation needs).
+const MAX_ROUNDS: u32 = 64;
+/// How often a stalled NOFAIL allocation says so (R5.12's interval).
+const STALL_REPORT_NS: u64 = 10_000_000_000;
+/// Longest a NOFAIL waiter sleeps before retrying on its own.
+const MAX_WAIT_NS: u64 = 100_000_000;
+/// Least a direct-reclaim round aims to give back: 32 pages (the kernel's SWAP_CLUSTER_MAX).
+const MIN_TARGET: usize = 32 * 4096;
+
+/// Why an allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cause {
+    /// Larger than the limit (or than the address space): no amount of reclaim helps.
+    TooLarge = 0,
+    /// No memory (the limit or the page source refused), and the context allows no direct
+    /// reclaim (NORECLAIM, MEMALLOC).
+    NoReclaim = 1,
+    /// NORETRY: one reclaim pass did not help.
+    NoRetry = 2,
+    /// 16 reclaim rounds in a row freed nothing (or 64 in all did not make room).
+    Exhausted = 3,
+    /// NOFAIL in a context that may not wait (NORECLAIM): reported once, not looped on.
+    NofailDenied = 4,
+}
+
+impl Cause {
+    const COUNT: usize = 5;
+
+    fn describe(self) -> &'static str {
+        match self {
+            Cause::TooLarge => "larger than the memory limit",
+            Cause::NoReclaim => "no memory, and the context forbids reclaim",
+            Cause::NoRetry => "no memory after one reclaim pass (NORETRY)",
+            Cause::Exhausted => "no memory, and reclaim could not make room",
+            Cause::NofailDenied => "NOFAIL cannot be honoured in a context that may not wait (NORECLAIM)",
+        }
+    }
+}
+
+/// What an allocation should do after a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Try again.
+    Retry,
+    /// Give up.
+    Fail(Cause),
+}
+
+/// The reclaim state of one allocation, kept across its retries.
+pub(crate) struct Attempt {
+    /// Bytes the refused charge asked for.
+    bytes: usize,
+    /// The allocator's own caches were drained.
+    drained: bool,
+    /// Direct-reclaim rounds run.
+    rounds: u32,
+    /// Consecutive rounds that freed nothing.
+    no_progress: u32,
+    /// Priority the next round starts at (lower scans more).
+    priority: u32,
+    /// When a NOFAIL wait began (0: not waiting yet), and the last stall report.
+    wait_start: u64,
+    last_stall: u64,
+    /// Next wait timeout.
+    wait_ns: u64,
+    /// A NOFAIL wait happened: retries may use the whole reserve.
+    waited: bool,
+}
+
+impl Attempt {
+    /// A fresh attempt for a charge of `bytes`.
+    pub(crate) fn new(bytes: usize) -> Attempt {
+        Attempt {
+            bytes,
+            drained: false,
+            rounds: 0,
+            no_progress: 0,
+            priority: DEF_PRIORITY,
+            wait_start: 0,
+            last_stall: 0,
+            wait_ns: 1_000_000,
+            waited: false,
+        }
+    }
+
+    /// The context of the next retry: `eff`, or — for a NOFAIL request that had to wait —
+    /// `eff` with the whole reserve.
+    #[inline]
+    pub(crate) fn context(&self, eff: Effective) -> Effective {
+        if self.waited {
+            eff.after_wait()
+        } else {
+            eff
+        }
+    }
+}
+
+/// Reclaim's shared state, in `Core::reclaim`.
+pub(crate) struct Reclaim {
+    /// Registered shrinkers.
+    pub(crate) registry: Registry,
+    /// Bumped when memory is given back while someone waits: NOFAIL waiters sleep on it.
+    freed_seq: AtomicU32,
+    /// NOFAIL waiters now.
+    waiters: AtomicUsize,
+    /// Bumped to wake the background reclaimer, which sleeps on it.
+    bg_seq: AtomicU32,
+    /// A wake-up is pending or a background pass runs: no need to wake again.
+    bg_busy: AtomicBool,
+    /// Statistics.
+    pub(crate) direct_rounds: AtomicUsize,
+    pub(crate) background_passes: AtomicUsize,
+    pub(crate) nofail_waits: AtomicUsize,
+    pub(crate) nofail_stalls: AtomicUsize,
+    pub(crate) failures: [AtomicUsize; Cause::COUNT],
+    /// One report per kind per 10 s.
+    stall_reports: RateLimit,
+    denied_reports: RateLimit,
+}
+
+impl Reclaim {
+    pub(crate) const fn new() -> Reclaim {
+        Reclaim {
+            registry: Registry::new(),
+            freed_seq: AtomicU32::new(0),
+            waiters: AtomicUsize::new(0),
+            bg_seq: AtomicU32::new(0),
+            bg_busy: AtomicBool::new(false),
+            direct_rounds: AtomicUsize::new(0),
+            background_passes: AtomicUsize::new(0),
+            nofail_waits: AtomicUsize::new(0),
+            nofail_stalls: AtomicUsize::new(0),
+            failures: [const { AtomicUsize::new(0) }; Cause::COUNT],
+            stall_reports: RateLimit::new(),
+            denied_reports: RateLimit::new(),
+        }
+    }
+}
+
+/// A registered shrinker. Dropping it does *not* unregister (the core has no destructor
+/// context); call [`Core::unregister_shrinker`].
+#[derive(Clone, Copy)]
+pub struct ShrinkerId(pub(crate) &'static Slot);
+
+impl core::fmt::Debug for ShrinkerId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ShrinkerId({:p})", self.0)
+    }
+}
+
+/// The objects a shrinker should scan at `priority` (R4.4), before the batching loop:
+/// `delta = (freeable >> priority) · 4 / seeks` (`freeable / 2` if `seeks == 0`).
+#[inline]
+fn delta(freeable: usize, priority: u32, seeks: u32) -> usize {
+    if seeks == 0 {
+        freeable / 2
+    } else {
+        (freeable >> priority).saturating_mul(4) / seeks as usize
+    }
+}
+
+/// Adds `more` to a deferred count, capped at `cap` (R4.4: at most twice the freeable objects).
+fn defer(slot: &Slot, more: usize, cap: usize) {
+    let mut cur = slot.deferred.load(Ordering::Relaxed);
+    loop {
+        let new = cur.saturating_add(more).min(cap);
+        match slot.deferred.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(c) => cur = c,
+        }
+    }
+}
+
+impl<P: Platform> Core<P> {
+    // -------------------------------------------------------------------------------------
+    // Shrinker registration
+    // -------------------------------------------------------------------------------------
+
+    /// Registers a shrinker. `None` if no memory could be had for the registry.
+    ///
+    /// # Safety
+    /// `shrinker` stays valid until [`unregister_shrinker`](Self::unregister_shrinker) of the
+    /// returned id returns; `self` lives for the rest of the program (a `static`).
+    pub unsafe fn register_shrinker(&'static self, shrinker: NonNull<dyn Shrinker>) -> Option<ShrinkerId> {
+        let new_chunk = || -> Option<NonNull<Chunk>> {
+            let bytes = size_of::<Chunk>().next_multiple_of(P::PAGE_SIZE);
+            // Registry metadata: charged in the reclaim context, so registering at the limit works.
+            if !self.charge(bytes, Effective::new(Gfp::MEMALLOC, Gfp::KERNEL)) {
+                return None;
+            }
+            // SAFETY: whole pages; a page is aligned enough for a chunk.
+            let p = unsafe { self.os_map(bytes, P::PAGE_SIZE) };
+            if p.is_none() {
+                self.uncharge(bytes);
+            }
+            p.map(NonNull::cast)
+        };
+        // SAFETY: forwarded contract.
+        unsafe { self.reclaim.registry.register(shrinker, new_chunk) }.map(ShrinkerId)
+    }
+
+    /// Unregisters a shrinker, waiting for calls in flight; afterwards it is never called again.
+    /// Must not be called from inside that shrinker.
+    pub fn unregister_shrinker(&self, id: ShrinkerId) {
+        self.reclaim.registry.unregister(id.0, |word, v| self.platform.wait(word, v, MAX_WAIT_NS));
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Accounting entry points
+    // -------------------------------------------------------------------------------------
+
+    /// Charges `bytes` in context `eff`; wakes background reclaim past the low watermark.
+    #[inline]
+    pub(crate) fn charge(&self, bytes: usize, eff: Effective) -> bool {
+        let ok = self.acct.charge(bytes, eff);
+        if ok && self.acct.above_low_watermark() {
+            self.wake_background();
+        }
+        ok
+    }
+
+    /// Gives `bytes` back and wakes NOFAIL waiters, if any.
+    #[inline]
+    pub(crate) fn uncharge(&self, bytes: usize) {
+        self.acct.uncharge(bytes);
+        if self.reclaim.waiters.load(Ordering::SeqCst) != 0 {
+            self.reclaim.freed_seq.fetch_add(1, Ordering::SeqCst);
+            self.platform.wake_all(&self.reclaim.freed_seq);
+        }
+    }
+
+    // -------------------------------------------------------------------------------------
+    // The policy
+    // -------------------------------------------------------------------------------------
+
+    /// What an allocation in context `eff` does after its charge was refused (or the page
+    /// source failed). Called with no allocator lock held.
+    pub(crate) fn reclaim_step(&self, eff: Effective, at: &mut Attempt) -> Step {
+        if let Some(limit) = self.acct.limit() {
+            if at.bytes > limit {
+                return Step::Fail(Cause::TooLarge);
+            }
+        }
+        if eff.nofail_denied() {
+            return Step::Fail(Cause::NofailDenied);
+        }
+        if !at.drained {
+            at.drained = true;
+            self.drain_own_caches();
+            return Step::Retry;
+        }
+        self.wake_background();
+        if eff.may_reclaim() {
+            if eff.gfp().contains(Gfp::NORETRY) && at.rounds >= 1 {
+                return Step::Fail(Cause::NoRetry);
+            }
+            let progress = self.direct_reclaim_round(eff, at);
+            if progress || !eff.nofail() {
+                if !eff.nofail() && (at.no_progress >= MAX_NO_PROGRESS || at.rounds >= MAX_ROUNDS) {
+                    return Step::Fail(Cause::Exhausted);
+                }
+                return Step::Retry;
+            }
+        }
+        if eff.nofail() && eff.may_wait() {
+            self.wait_for_memory(eff, at);
+            return Step::Retry;
+        }
+        Step::Fail(if eff.may_reclaim() { Cause::Exhausted } else { Cause::NoReclaim })
+    }
+
+    /// Counts a failure and reports it (unless NOWARN; rate-limited); returns null.
+    #[cold]
+    pub(crate) fn reclaim_failed(&self, size: usize, eff: Effective, cause: Cause) -> *mut u8 {
+        self.reclaim.failures[cause as usize].fetch_add(1, Ordering::Relaxed);
+        if cause == Cause::NofailDenied {
+            // "Reported once", not on every retry of a caller's loop.
+            if eff.warn()
+                && self.reclaim.denied_reports.allow(self.platform.now_ns(), STALL_REPORT_NS).is_some()
+            {
+                report(
+                    &self.platform,
+                    format_args!(
+                        "ctxalloc: NOFAIL allocation of {size} bytes in context {} cannot wait for \
+                         memory (NORECLAIM): failing instead of looping",
+                        eff.gfp()
+                    ),
+                );
+            }
+            self.counters.alloc_failures.fetch_add(1, Ordering::Relaxed);
+            return core::ptr::null_mut();
+        }
+        self.alloc_failed_because(size, eff, cause.describe())
+    }
+
+    /// Gives back what the allocator keeps for speed: the page heap's dirty slices and spare
+    /// segment, and this thread's empty pages.
+    fn drain_own_caches(&self) {
+        self.trim();
+    }
+
+    /// One direct-reclaim round: priorities from the attempt's down to 0, stopping at the first
+    /// that frees anything (the allocation then retries). Shrinkers run with MEMALLOC set on
+    /// this thread. Returns whether anything was freed.
+    fn direct_reclaim_round(&self, eff: Effective, at: &mut Attempt) -> bool {
+        self.reclaim.direct_rounds.fetch_add(1, Ordering::Relaxed);
+        at.rounds += 1;
+        let target = at.bytes.max(MIN_TARGET);
+        let before = self.acct.usage();
+        let mut freed = 0;
+        // SAFETY: the platform hands out the calling thread's context.
+        let t = unsafe { &*self.platform.thread() };
+        let cookie = t.scope.save(Gfp::MEMALLOC, Location::caller());
+        loop {
+            freed += self.shrink_all(eff, at.priority, false);
+            let given = before.saturating_sub(self.acct.usage());
+            if freed > 0 || given >= target || at.priority == 0 {
+                break;
+            }
+            at.priority -= 1;
+        }
+        t.scope.restore(cookie, |m| self.mispair(m));
+        let progress = freed > 0 || self.acct.usage() < before;
+        if progress {
+            at.no_progress = 0;
+        } else {
+            at.no_progress += 1;
+            at.priority = DEF_PRIORITY;
+        }
+        progress
+    }
+
+    /// Runs every shrinker `eff` allows at `priority` and defers the work of the others; with
+    /// `deferred_only`, only the work deferred earlier. Returns objects freed.
+    fn shrink_all(&self, eff: Effective, priority: u32, deferred_only: bool) -> usize {
+        let mut freed = 0;
+        self.reclaim.registry.for_each(
+            |w| self.platform.wake_all(w),
+            |slot, s| {
+                if deferred_only && slot.deferred.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                if eff.may_call(s.class()) {
+                    freed += self.shrink_one(slot, s, eff, priority, deferred_only);
+                } else {
+                    // Not in this context: defer what it would have scanned (R4.3), estimated
+                    // from its last count — `count` is not called where the shrinker may not run.
+                    slot.skipped.fetch_add(1, Ordering::Relaxed);
+                    let freeable = slot.last_freeable.load(Ordering::Relaxed);
+                    defer(slot, delta(freeable, priority, s.seeks()), freeable.saturating_mul(2));
+                }
+            },
+        );
+        freed
+    }
+
+    /// `do_shrink_slab` (R4.1, R4.2, R4.4).
+    fn shrink_one(
+        &self,
+        slot: &Slot,
+        s: &dyn Shrinker,
+        eff: Effective,
+        priority: u32,
+        deferred_only: bool,
+    ) -> usize {
+        let mut sc = ShrinkControl::new(eff.gfp(), 0);
+        let freeable = s.count(&sc);
+        slot.last_freeable.store(freeable, Ordering::Relaxed);
+        if freeable == 0 {
+            return 0;
+        }
+        let deferred = slot.deferred.swap(0, Ordering::Relaxed);
+        let batch = s.batch().max(1);
+        let delta = if deferred_only { 0 } else { delta(freeable, priority, s.seeks()) };
+        let cap = freeable.saturating_mul(2);
+        let mut total = (deferred >> priority).saturating_add(delta).min(cap);
+        let (mut scanned, mut freed) = (0usize, 0usize);
+        while total >= batch || total >= freeable {
+            let n = total.min(batch);
+            sc = ShrinkControl::new(eff.gfp(), n);
+            slot.calls.fetch_add(1, Ordering::Relaxed);
+            match s.scan(&mut sc) {
+                ScanResult::Stop => break,
+                ScanResult::Freed(k) => freed += k,
+            }
+            let did = sc.nr_scanned.min(total);
+            if did == 0 {
+                break;
+            }
+            total -= did;
+            scanned += did;
+        }
+        slot.freed.fetch_add(freed, Ordering::Relaxed);
+        defer(slot, deferred.saturating_add(delta).saturating_sub(scanned), cap);
+        freed
+    }
+
+    /// Sleeps until memory is given back, background reclaim makes progress, or a timeout (the
+    /// caller retries either way); reports a stall every 10 s.
+    fn wait_for_memory(&self, eff: Effective, at: &mut Attempt) {
+        let now = self.platform.now_ns();
+        if at.wait_start == 0 {
+            at.wait_start = now;
+            at.last_stall = now;
+        } else if now.saturating_sub(at.last_stall) >= STALL_REPORT_NS {
+            at.last_stall = now;
+            self.reclaim.nofail_stalls.fetch_add(1, Ordering::Relaxed);
+            if eff.warn() && self.reclaim.stall_reports.allow(now, STALL_REPORT_NS).is_some() {
+                report(
+                    &self.platform,
+                    format_args!(
+                        "ctxalloc: NOFAIL allocation of {} bytes in context {} stalled for {} s \
+                         (usage {} of limit {}); still retrying",
+                        at.bytes,
+                        eff.gfp(),
+                        now.saturating_sub(at.wait_start) / 1_000_000_000,
+                        Bytes(self.acct.usage() as u64),
+                        Bytes(self.acct.limit().unwrap_or(usize::MAX) as u64),
+                    ),
+                );
+            }
+        }
+        self.reclaim.nofail_waits.fetch_add(1, Ordering::Relaxed);
+        self.reclaim.waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = self.reclaim.freed_seq.load(Ordering::SeqCst);
+        self.platform.wait(&self.reclaim.freed_seq, seq, at.wait_ns);
+        self.reclaim.waiters.fetch_sub(1, Ordering::SeqCst);
+        at.wait_ns = (at.wait_ns * 2).min(MAX_WAIT_NS);
+        at.drained = false;
+        at.waited = true;
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Background reclaim
+    // -------------------------------------------------------------------------------------
+
+    /// Wakes the background reclaimer (once until it has run).
+    pub(crate) fn wake_background(&self) {
+        if self.acct.limit().is_none() || self.reclaim.bg_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.platform.background_wanted();
+        self.reclaim.bg_seq.fetch_add(1, Ordering::SeqCst);
+        self.platform.wake_all(&self.reclaim.bg_seq);
+    }
+
+    /// Sleeps until background reclaim is wanted, or `timeout_ns`; returns whether it is
+    /// wanted. For the platform's background thread.
+    pub fn background_wait(&self, timeout_ns: u64) -> bool {
+        let seq = self.reclaim.bg_seq.load(Ordering::SeqCst);
+        if !self.reclaim.bg_busy.load(Ordering::SeqCst) {
+            self.platform.wait(&self.reclaim.bg_seq, seq, timeout_ns);
+        }
+        self.reclaim.bg_busy.load(Ordering::SeqCst)
+    }
+
+    /// One background pass, in a clean context (every shrinker class): the work deferred by
+    /// constrained contexts, then — if usage is above the high watermark — the allocator's own
+    /// caches and one sweep of priorities that stops at the first that frees anything. Returns
+    /// objects freed. For the platform's background thread (`kswapd`).
+    ///
+    /// One sweep, not "until below the watermark": objects freed inside slab pages make room for
+    /// new allocations without lowering usage, so chasing usage would empty whole caches. Each
+    /// charge of fresh memory above the low watermark wakes the pass again, so background
+    /// reclaim keeps pace with the demand for new pages.
+    pub fn background_reclaim(&self) -> usize {
+        self.reclaim.bg_busy.store(true, Ordering::SeqCst);
+        self.reclaim.background_passes.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the platform hands out the calling thread's context.
+        let t = unsafe { &*self.platform.thread() };
+        let clean = Effective::new(Gfp::KERNEL, Gfp::KERNEL);
+        let old = t.scope.replace(Gfp::MEMALLOC);
+        let mut freed = self.shrink_all(clean, 0, true);
+        if self.acct.above_high_watermark() {
+            self.pages_trim();
+            let before = self.acct.usage();
+            for priority in (0..=DEF_PRIORITY).rev() {
+                freed += self.shrink_all(clean, priority, false);
+                if freed > 0 || self.acct.usage() < before || !self.acct.above_high_watermark() {
+                    break;
+                }
+            }
+        }
+        t.scope.replace(old);
+        self.reclaim.bg_busy.store(false, Ordering::SeqCst);
+        freed
+    }
+
+    /// Direct reclaim on request, in a clean context: shrink until `bytes` were given back or
+    /// nothing more can be freed (cgroup v2's `memory.reclaim`). Returns the bytes given back.
+    pub fn reclaim(&self, bytes: usize) -> usize {
+        let before = self.acct.usage();
+        let eff = Effective::new(Gfp::KERNEL, Gfp::KERNEL);
+        let mut at = Attempt::new(bytes);
+        self.drain_own_caches();
+        while before.saturating_sub(self.acct.usage()) < bytes && at.rounds < MAX_ROUNDS {
+            if !self.direct_reclaim_round(eff, &mut at) {
+                break;
+            }
+        }
+        before.saturating_sub(self.acct.usage())
+    }
+
+    /// Calls `f` with the name and statistics of every registered shrinker.
+    pub fn for_each_shrinker(&self, mut f: impl FnMut(&str, ReclaimClass, ShrinkerStats)) {
+        self.reclaim.registry.for_each(
+            |w| self.platform.wake_all(w),
+            |slot, s| {
+                f(
+                    s.name(),
+                    s.class(),
+                    ShrinkerStats {
+                        calls: slot.calls.load(Ordering::Relaxed),
+                        freed: slot.freed.load(Ordering::Relaxed),
+                        skipped: slot.skipped.load(Ordering::Relaxed),
+                        deferred: slot.deferred.load(Ordering::Relaxed),
+                    },
+                )
+            },
+        );
+    }
+}
+
+/// Statistics of one shrinker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShrinkerStats {
+    /// `scan` calls.
+    pub calls: usize,
+    /// Objects freed.
+    pub freed: usize,
+    /// Times it was passed over because the context forbade it.
+    pub skipped: usize,
+    /// Objects of scanning deferred now.
+    pub deferred: usize,
+}

@@ -1,0 +1,66 @@
+//! The main job as a test: the `blockcache` engine (included from the example) under a small
+//! memory limit loses no write, and without its scopes it is stopped with a clear diagnosis
+//! instead of hanging. Each run sets a process-wide limit, so each runs in a child process.
+
+#[path = "../../std-shim/examples/blockcache/engine.rs"]
+#[allow(dead_code)]
+mod engine;
+
+use ctxalloc_tests::{assert_child_passes, is_child};
+use engine::{Failure, Options};
+
+#[global_allocator]
+static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
+
+fn small(no_scopes: bool) -> Options {
+    Options {
+        ops: Some(200_000),
+        seconds: 600.0,
+        threads: 4,
+        files: 4,
+        blocks_per_file: 2048, // 32 MiB of data under a 16 MiB limit
+        limit: Some(16 << 20),
+        no_scopes,
+        watchdog: 20,
+        progress: false,
+    }
+}
+
+#[test]
+fn under_a_small_limit_no_write_is_lost() {
+    assert_child_passes("child_small_limit", &[]);
+}
+
+#[test]
+fn child_small_limit() {
+    if !is_child("child_small_limit") {
+        return;
+    }
+    let r = engine::run(&small(false)).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert_eq!(r.checked, 4 * 2048);
+    assert!(r.evicted > 0 && r.written_back > 0, "the limit forced reclaim: {r:?}");
+    assert!(r.peak <= (16 << 20) + (8 << 20), "{r:?}");
+    let s = ctxalloc::stats();
+    assert!(s.reclaim_rounds + s.background_passes > 0, "{s}");
+}
+
+#[test]
+fn without_scopes_the_recursion_is_named_not_hung() {
+    let out = assert_child_passes("child_no_scopes", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("lock `cache`") || stdout.contains("lock `writeback`"), "{stdout}");
+}
+
+#[test]
+fn child_no_scopes() {
+    if !is_child("child_no_scopes") {
+        return;
+    }
+    let o = Options { ops: Some(5_000_000), ..small(true) };
+    match engine::run(&o) {
+        Err(f @ (Failure::Recursion { .. } | Failure::Deadlock(_))) => println!("{f}"),
+        Err(f) => panic!("unexpected failure: {f}"),
+        Ok(r) => panic!("without scopes reclaim should have recursed into a held lock: {r:?}"),
+    }
+}
