@@ -82,8 +82,12 @@ pub struct Report {
     pub peak: usize,
     pub hits: u64,
     pub misses: u64,
+    /// Blocks the cache's shrinker evicted.
     pub evicted: u64,
+    /// Dirty blocks the write-back shrinker wrote to disk and freed (reclaim).
     pub written_back: u64,
+    /// Dirty blocks the flusher thread wrote (no memory pressure needed).
+    pub flushed: u64,
     /// Cache insertions that recycled a buffer because memory was short.
     pub recycled: u64,
     /// Writes that went straight to disk because memory was short.
@@ -384,6 +388,7 @@ struct Store {
     misses: AtomicU64,
     evicted: AtomicU64,
     written_back: AtomicU64,
+    flushed: AtomicU64,
     recycled: AtomicU64,
     written_through: AtomicU64,
     /// First failure seen by a shrinker (they cannot return errors).
@@ -487,7 +492,6 @@ impl Store {
             done += 1;
         }
         self.dirty.store(w.len(), Ordering::Relaxed);
-        self.written_back.fetch_add(done as u64, Ordering::Relaxed);
         Ok(done)
     }
 }
@@ -549,7 +553,10 @@ impl Shrinker for WriteBackShrinker {
             }
         };
         match s.write_back(&mut w, sc.nr_to_scan) {
-            Ok(n) => ScanResult::Freed(n),
+            Ok(n) => {
+                s.written_back.fetch_add(n as u64, Ordering::Relaxed);
+                ScanResult::Freed(n)
+            }
             Err(e) => {
                 s.fail(Failure::Io(e));
                 ScanResult::Stop
@@ -607,6 +614,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         misses: AtomicU64::new(0),
         evicted: AtomicU64::new(0),
         written_back: AtomicU64::new(0),
+        flushed: AtomicU64::new(0),
         recycled: AtomicU64::new(0),
         written_through: AtomicU64::new(0),
         failure: Mutex::new(None),
@@ -666,7 +674,8 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
                 let mut w = s.writeback.lock();
                 let _noio = s.scope(Gfp::NOIO);
                 let n = w.len();
-                s.write_back(&mut w, n)?;
+                let done = s.write_back(&mut w, n)?;
+                s.flushed.fetch_add(done as u64, Ordering::Relaxed);
             }
             Ok(())
         })?
@@ -735,7 +744,8 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
     {
         let mut w = store.writeback.lock();
         let n = w.len();
-        store.write_back(&mut w, n)?;
+        let done = store.write_back(&mut w, n)?;
+        store.flushed.fetch_add(done as u64, Ordering::Relaxed);
     }
     ctxalloc::set_limit(None);
     drop(handles);
@@ -761,6 +771,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         misses: store.misses.load(Ordering::Relaxed),
         evicted: store.evicted.load(Ordering::Relaxed),
         written_back: store.written_back.load(Ordering::Relaxed),
+        flushed: store.flushed.load(Ordering::Relaxed),
         recycled: store.recycled.load(Ordering::Relaxed),
         written_through: store.written_through.load(Ordering::Relaxed),
         checked: o.files as u64 * o.blocks_per_file,

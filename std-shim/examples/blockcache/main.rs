@@ -101,12 +101,13 @@ fn main() {
                 100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64
             );
             println!(
-                "  peak usage {} MiB{}; reclaim evicted {} blocks and wrote back {}; short of memory, \
-                 {} inserts recycled a buffer and {} writes went through",
+                "  peak usage {} MiB{}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; \
+                 short of memory, {} inserts recycled a buffer and {} writes went through",
                 r.peak >> 20,
                 o.limit.map_or(String::new(), |l| format!(" of a {} MiB limit", l >> 20)),
                 r.evicted,
                 r.written_back,
+                r.flushed,
                 r.recycled,
                 r.written_through
             );
