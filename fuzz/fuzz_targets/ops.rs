@@ -11,7 +11,10 @@ use ctxalloc_core::mock::{model::Model, MockPlatform};
 use ctxalloc_core::{Core, Gfp};
 use libfuzzer_sys::fuzz_target;
 
-const SCOPES: [Gfp; 5] = [Gfp::NOFS, Gfp::NOIO, Gfp::NORECLAIM, Gfp::NOFAIL, Gfp::MEMALLOC];
+/// The scopes the fuzzer opens. Not NOFAIL: a NOFAIL allocation the arena cannot satisfy waits
+/// for a free that a single-threaded run never makes — a hang by design (R5.10), which the
+/// reclaim tests cover with a second thread that frees.
+const SCOPES: [Gfp; 4] = [Gfp::NOFS, Gfp::NOIO, Gfp::NORECLAIM, Gfp::MEMALLOC];
 
 /// Reads the input a byte at a time; zeros once exhausted.
 struct Input<'a>(&'a [u8]);
