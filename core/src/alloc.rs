@@ -12,13 +12,13 @@ use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::Reclaim;
 use crate::report::{report, RateLimit};
 use crate::scope::{Cookie, Mispair};
-use crate::size_class::{class_for, class_size, small_class, MIN_ALIGN, SLAB_MAX, SMALL_MAX};
+use crate::size_class::{class_for, class_size, small_class, MIN_ALIGN, SMALL_MAX};
 use crate::slab::abandon::{Abandoned, HeapPool, OrphanSlot};
 use crate::slab::heap::{pop, Heap};
 use crate::slab::remote::Block;
 use crate::slab::segment::PageHeap;
 use crate::stats::{Bytes, Counters, Limit};
-use crate::sync::{Ordering, SpinGuard, SpinLock};
+use crate::sync::{AtomicUsize, Ordering, SpinGuard, SpinLock};
 use crate::vmap::Registry;
 use crate::Platform;
 use core::alloc::Layout;
@@ -62,6 +62,12 @@ pub struct Core<P: Platform> {
     pub(crate) orphan: SpinLock<OrphanSlot>,
     /// Live vmap areas.
     pub(crate) vmap: SpinLock<Registry>,
+    /// Live kvmalloc fallbacks: vmap areas serving a slab-sized layout (`alloc_with`, R2.9).
+    /// While it is zero — always, in programs that never hit the fallback — frees of
+    /// slab-sized layouts go straight to the slab. Incremented before such an area is handed
+    /// out, decremented when it is freed (Relaxed: the free of an area happens after its
+    /// allocation, so it sees the increment).
+    pub(crate) kv_live: AtomicUsize,
     /// Shrinkers, waiters, background reclaim. Atomic.
     pub(crate) reclaim: Reclaim,
     /// Statistics. Atomic.
@@ -83,6 +89,10 @@ impl fmt::Display for AllocError {
 
 impl core::error::Error for AllocError {}
 
+/// Slab-sized layouts above this size (one page) may be served by a kvmalloc fallback, so
+/// their frees look at the address (R2.8: at most a page, the slab's answer is final).
+const KV_MIN: usize = 4096;
+
 /// Failure reports go out at most this often.
 const FAIL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
 
@@ -97,6 +107,7 @@ impl<P: Platform> Core<P> {
             heaps: SpinLock::new(HeapPool::new()),
             orphan: SpinLock::new(OrphanSlot(ptr::null_mut())),
             vmap: SpinLock::new(Registry::new()),
+            kv_live: AtomicUsize::new(0),
             reclaim: Reclaim::new(),
             counters: Counters::new(),
             fail_reports: RateLimit::new(),
@@ -139,13 +150,15 @@ impl<P: Platform> Core<P> {
     /// Frees a block (`GlobalAlloc::dealloc`).
     ///
     /// The fast path: page lookup by address, owner check, push on the page's local free list.
+    /// Sizes above a page take the other path, which also recognises the kvmalloc fallbacks of
+    /// [`alloc_with`](Self::alloc_with) (the owner is found from the address, R2.11).
     ///
     /// # Safety
     /// As `GlobalAlloc::dealloc`: `ptr` came from this allocator with this `layout` (or the
     /// layout of its last realloc).
     #[inline(always)]
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if layout.size() <= SLAB_MAX && layout.align() <= MIN_ALIGN {
+        if layout.size() <= KV_MIN && layout.align() <= MIN_ALIGN {
             // SAFETY: such a layout always lives in the slab.
             unsafe { self.slab_free(ptr) }
         } else {
@@ -246,6 +259,8 @@ impl<P: Platform> Core<P> {
     #[inline(never)]
     unsafe fn dealloc_other(&self, ptr: *mut u8, layout: Layout) {
         match class_for(layout.size(), layout.align()) {
+            // SAFETY: a kvmalloc fallback is a live vmap area (freed by the call).
+            Some(_) if self.kv_free(ptr, layout) => {}
             // SAFETY: the layout lives in the slab.
             Some(_) => unsafe { self.slab_free(ptr) },
             // SAFETY: the layout lives in vmap.
@@ -256,13 +271,63 @@ impl<P: Platform> Core<P> {
     /// Allocates with per-call flags (`ctxalloc::alloc_with`): the flags are united with the
     /// thread's context word whenever new memory is needed.
     ///
+    /// Slab-sized requests above a page behave as the kernel's `kvmalloc` (R2.9): a cheap slab
+    /// attempt (no direct reclaim unless MAYFAIL, no NOFAIL, no report), then — unless the
+    /// context may not wait — a page-granular vmap area with the original flags, which needs
+    /// no 64 KiB slab page and so succeeds closer to the limit. Any free or realloc finds such an
+    /// area by its address.
+    ///
     /// # Errors
     /// [`AllocError`] when no memory can be had in the effective context, or the layout is
     /// impossible.
     #[track_caller]
     pub fn alloc_with(&self, layout: Layout, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        if layout.size() > KV_MIN && class_for(layout.size(), layout.align()).is_some() {
+            return NonNull::new(self.kvmalloc(layout, gfp)).ok_or(AllocError);
+        }
         // SAFETY: any layout is acceptable; the result is a fresh block or null.
         NonNull::new(unsafe { self.alloc_gfp(layout, gfp) }).ok_or(AllocError)
+    }
+
+    /// The kvmalloc path of [`alloc_with`](Self::alloc_with) for a slab-sized `layout`.
+    #[track_caller]
+    #[inline(never)]
+    fn kvmalloc(&self, layout: Layout, gfp: Gfp) -> *mut u8 {
+        let mut cheap = (gfp | Gfp::NOWARN) - Gfp::NOFAIL;
+        if !gfp.contains(Gfp::MAYFAIL) {
+            cheap |= Gfp::NORECLAIM;
+        }
+        // SAFETY: the layout is a valid slab layout.
+        let p = unsafe { self.alloc_gfp(layout, cheap) };
+        if !p.is_null() || !self.effective(gfp).may_wait() {
+            return p;
+        }
+        self.kv_live.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: any layout is acceptable to vmap.
+        let p = unsafe { self.vmap_alloc(layout, gfp) };
+        if p.is_null() {
+            self.kv_live.fetch_sub(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    /// Frees `ptr` if it is a kvmalloc fallback (a vmap area serving a slab-sized layout);
+    /// returns whether it was. Cheap when none is live.
+    fn kv_free(&self, ptr: *mut u8, layout: Layout) -> bool {
+        if layout.size() <= KV_MIN || self.kv_live.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        // SAFETY: `ptr` is a live block; if it is registered as a vmap area, it is one.
+        let freed = unsafe { self.vmap_free_if_area(ptr) };
+        if freed {
+            self.kv_live.fetch_sub(1, Ordering::Relaxed);
+        }
+        freed
+    }
+
+    /// Whether `ptr`, a live block of the slab-sized `layout`, is a kvmalloc fallback.
+    fn is_kv(&self, ptr: *const u8, layout: Layout) -> bool {
+        layout.size() > KV_MIN && self.kv_live.load(Ordering::Relaxed) != 0 && self.vmap_usable(ptr) != 0
     }
 
     /// Resizes a block (`GlobalAlloc::realloc`): in place when the new size still fits the slab
@@ -277,14 +342,32 @@ impl<P: Platform> Core<P> {
         unsafe { self.realloc_gfp(ptr, layout, new_size, Gfp::KERNEL) }
     }
 
-    /// [`realloc`](Self::realloc) with per-call flags.
+    /// [`realloc`](Self::realloc) with per-call flags (the kernel's `krealloc`): growth that needs
+    /// new memory is allocated in the effective context of `call` (kvmalloc-style for
+    /// slab sizes, see [`alloc_with`](Self::alloc_with)); with `ZERO` the bytes beyond the old
+    /// size read as zero.
     ///
     /// # Safety
     /// As `GlobalAlloc::realloc`; `new_size` rounded up to `layout.align()` must not overflow
     /// `isize`.
     pub unsafe fn realloc_gfp(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
+        // SAFETY: forwarded.
+        let p = unsafe { self.realloc_move(ptr, layout, new_size, call) };
+        if call.contains(Gfp::ZERO) && !p.is_null() && new_size > layout.size() {
+            // SAFETY: the block has `new_size` bytes; those beyond the old size are new.
+            unsafe { p.add(layout.size()).write_bytes(0, new_size - layout.size()) };
+        }
+        p
+    }
+
+    /// [`realloc_gfp`](Self::realloc_gfp) without the zeroing of the new tail.
+    ///
+    /// # Safety
+    /// As [`realloc_gfp`](Self::realloc_gfp).
+    unsafe fn realloc_move(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
         let align = layout.align();
         match (class_for(layout.size(), align), class_for(new_size, align)) {
+            (Some(_), _) if self.is_kv(ptr, layout) => {}
             (Some(_), Some(new_class)) => {
                 // SAFETY: a live slab block.
                 let block = unsafe { (*self.page_of(ptr.addr())).block_size } as usize;
@@ -294,7 +377,7 @@ impl<P: Platform> Core<P> {
             }
             (None, None) => {
                 // SAFETY: a live vmap area of `layout`, resized to another vmap size.
-                let p = unsafe { self.vmap_resize(ptr, layout, new_size) };
+                let p = unsafe { self.vmap_resize(ptr, layout, new_size, call) };
                 if !p.is_null() {
                     return p;
                 }
@@ -303,8 +386,10 @@ impl<P: Platform> Core<P> {
         }
         // SAFETY: the caller guarantees the new layout is valid.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
-        // SAFETY: forwarded.
-        let p = unsafe { self.alloc_gfp(new_layout, call - Gfp::ZERO) };
+        let p = match self.alloc_with(new_layout, call - Gfp::ZERO) {
+            Ok(p) => p.as_ptr(),
+            Err(_) => ptr::null_mut(),
+        };
         if !p.is_null() {
             // SAFETY: both blocks are live and distinct; the old one is at least `layout.size()`.
             unsafe {
@@ -321,6 +406,7 @@ impl<P: Platform> Core<P> {
     /// `ptr` is a live block of this allocator with `layout`.
     pub unsafe fn usable_size(&self, ptr: *const u8, layout: Layout) -> usize {
         match class_for(layout.size(), layout.align()) {
+            Some(_) if self.is_kv(ptr, layout) => self.vmap_usable(ptr),
             // SAFETY: a live slab block.
             Some(_) => unsafe { (*self.page_of(ptr.addr())).block_size as usize },
             None => self.vmap_usable(ptr),
@@ -388,6 +474,19 @@ impl<P: Platform> Core<P> {
     #[inline]
     pub fn scope_restore(&self, cookie: Cookie) {
         self.thread().scope.restore(cookie, |m| self.mispair(m));
+    }
+
+    /// Opens a lock-tied scope on the calling thread (see
+    /// [`ScopeState::hold`](crate::ScopeState::hold)): what a scoped lock does when taken.
+    #[inline]
+    pub fn scope_hold(&self, flags: Gfp) {
+        self.thread().scope.hold(flags);
+    }
+
+    /// Closes a lock-tied scope on the calling thread; holds may be released in any order.
+    #[inline]
+    pub fn scope_release(&self, flags: Gfp) {
+        self.thread().scope.release(flags);
     }
 
     #[cold]

@@ -20,6 +20,8 @@
 //!  reclaim           the policy after a refusal, shrinkers and their registry (loom-checked),
 //!                    direct and background reclaim, NOFAIL waits
 //!  alloc             `Core`: entry points, dispatch, realloc, thread exit, fork
+//!  mempool           preallocated reserves with forward progress (reserve loom-checked)
+//!  scoped_lock       a spin lock that carries an allocation scope
 //!  platform          what a shim provides
 //! ```
 //!
@@ -59,6 +61,8 @@ extern crate std;
 mod alloc;
 #[cfg(not(loom))]
 mod gfp;
+#[cfg(not(loom))]
+mod mempool;
 #[cfg(all(any(test, feature = "mock"), not(loom)))]
 pub mod mock;
 #[cfg(not(loom))]
@@ -71,6 +75,8 @@ mod reclaim;
 pub mod report;
 #[cfg(not(loom))]
 mod scope;
+#[cfg(not(loom))]
+mod scoped_lock;
 #[cfg(not(loom))]
 pub mod size_class;
 #[cfg(not(loom))]
@@ -95,6 +101,12 @@ mod slab {
 mod gfp;
 #[cfg(loom)]
 #[allow(dead_code)]
+mod mempool {
+    #[path = "reserve.rs"]
+    pub(crate) mod reserve;
+}
+#[cfg(loom)]
+#[allow(dead_code)]
 mod reclaim {
     #[path = "registry.rs"]
     pub(crate) mod registry;
@@ -107,6 +119,10 @@ pub use alloc::{AllocError, Core};
 #[cfg(not(loom))]
 pub use gfp::{Effective, Gfp, ReclaimClass, Reserve};
 #[cfg(not(loom))]
+pub use mempool::{Mempool, PoolBox, WAIT_NS as MEMPOOL_WAIT_NS};
+#[cfg(not(loom))]
+pub use page::emergency_reserve;
+#[cfg(not(loom))]
 pub use platform::{Platform, ThreadCtx};
 #[cfg(not(loom))]
 pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
@@ -114,6 +130,8 @@ pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
 pub use reclaim::{Cause, ShrinkerId, ShrinkerStats};
 #[cfg(not(loom))]
 pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
+#[cfg(not(loom))]
+pub use scoped_lock::{ContextHolder, ScopedSpinGuard, ScopedSpinLock};
 #[cfg(not(loom))]
 pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
 #[cfg(not(loom))]

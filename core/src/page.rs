@@ -26,8 +26,31 @@ pub(crate) struct Accounting {
 /// The emergency reserve under a limit: 1/32 of it, at least 256 KiB, at most 64 MiB, never
 /// more than half the limit.
 #[inline]
-pub(crate) fn reserve_of(limit: usize) -> usize {
-    (limit / 32).clamp(256 << 10, 64 << 20).min(limit / 2)
+pub(crate) const fn reserve_of(limit: usize) -> usize {
+    let r = limit / 32;
+    let r = if r < 256 << 10 {
+        256 << 10
+    } else if r > 64 << 20 {
+        64 << 20
+    } else {
+        r
+    };
+    if r < limit / 2 {
+        r
+    } else {
+        limit / 2
+    }
+}
+
+/// The emergency reserve below a memory limit of `limit` bytes: 1/32 of it, at least 256 KiB,
+/// at most 64 MiB (and at most half the limit). Plain allocations stop at `limit` minus this.
+///
+/// ```
+/// assert_eq!(ctxalloc_core::emergency_reserve(64 << 20), 2 << 20);
+/// assert_eq!(ctxalloc_core::emergency_reserve(1 << 20), 256 << 10);
+/// ```
+pub const fn emergency_reserve(limit: usize) -> usize {
+    reserve_of(limit)
 }
 
 impl Accounting {

@@ -3,6 +3,10 @@
 //! kernel lacks (R1.6): in debug builds every open scope is remembered with the place that opened
 //! it, so a restore out of order is reported naming both scopes.
 //!
+//! Lock-tied scopes ([`hold`](ScopeState::hold) / [`release`](ScopeState::release)) are counted
+//! per bit instead: a lock guard may be dropped in any order (hand-over-hand locking), so it
+//! cannot be a LIFO cookie. The word the allocator sees is the union of both.
+//!
 //! A [`ScopeState`] belongs to one thread (or one task); it is reached through
 //! [`Platform::thread`](crate::Platform::thread) and never shared.
 
@@ -11,6 +15,9 @@ use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::panic::Location;
+
+/// Scope bits that [`ScopeState::hold`] counts (`Gfp::SCOPE_MASK` is bits 0‥4).
+const HOLD_BITS: usize = 5;
 
 /// How many nested scopes debug builds remember by name; deeper ones are still counted.
 #[cfg(debug_assertions)]
@@ -37,8 +44,12 @@ impl Frame {
 ///
 /// Touched only by the thread it belongs to: plain `Cell`s, no atomics.
 pub struct ScopeState {
-    /// The context word: the union of the bits of every open scope.
+    /// The cookie scopes' word: the union of the bits of every open `save` scope.
     word: Cell<u32>,
+    /// Lock-tied scopes: for each scope bit (0‥5), how many holds are open.
+    holds: [Cell<u16>; HOLD_BITS],
+    /// The bits whose count in `holds` is non-zero.
+    held: Cell<u32>,
     /// Number of open scopes (debug builds).
     #[cfg(debug_assertions)]
     depth: Cell<u32>,
@@ -134,6 +145,8 @@ impl ScopeState {
     pub const fn new() -> ScopeState {
         ScopeState {
             word: Cell::new(0),
+            holds: [const { Cell::new(0) }; HOLD_BITS],
+            held: Cell::new(0),
             #[cfg(debug_assertions)]
             depth: Cell::new(0),
             #[cfg(debug_assertions)]
@@ -141,10 +154,55 @@ impl ScopeState {
         }
     }
 
-    /// The context word.
+    /// The context word: the bits of every open scope, cookie or lock-tied.
     #[inline]
     pub fn current(&self) -> Gfp {
-        Gfp::from_bits_truncate(self.word.get())
+        Gfp::from_bits_truncate(self.word.get() | self.held.get())
+    }
+
+    /// Opens a lock-tied scope: counts one hold of each bit of `flags` (bits a scope cannot set
+    /// are ignored). Holds are released by [`release`](Self::release) in any order; a bit stays
+    /// set while any hold (or cookie scope) has it. A count saturates at 65 535 nested holds of
+    /// one bit, which then stays set for the thread's life.
+    ///
+    /// ```
+    /// use ctxalloc_core::{Gfp, ScopeState};
+    /// let s = ScopeState::new();
+    /// s.hold(Gfp::NOIO);
+    /// s.hold(Gfp::NOFS);
+    /// s.release(Gfp::NOIO); // released before the inner hold: fine for a lock
+    /// assert_eq!(s.current(), Gfp::NOFS);
+    /// s.release(Gfp::NOFS);
+    /// assert_eq!(s.current(), Gfp::KERNEL);
+    /// ```
+    #[inline]
+    pub fn hold(&self, flags: Gfp) {
+        let bits = (flags & Gfp::SCOPE_MASK).bits();
+        for (i, count) in self.holds.iter().enumerate() {
+            if bits & (1 << i) != 0 {
+                count.set(count.get().saturating_add(1));
+            }
+        }
+        self.held.set(self.held.get() | bits);
+    }
+
+    /// Closes a lock-tied scope opened by [`hold`](Self::hold) with the same `flags`.
+    #[inline]
+    pub fn release(&self, flags: Gfp) {
+        let bits = (flags & Gfp::SCOPE_MASK).bits();
+        for (i, count) in self.holds.iter().enumerate() {
+            if bits & (1 << i) != 0 {
+                let n = count.get();
+                debug_assert!(n > 0, "release without a hold of {}", Gfp::from_bits_truncate(1 << i));
+                // A saturated count is never decremented: its bit stays held.
+                if n != u16::MAX {
+                    count.set(n.saturating_sub(1));
+                    if n <= 1 {
+                        self.held.set(self.held.get() & !(1 << i));
+                    }
+                }
+            }
+        }
     }
 
     /// Opens a scope: sets `flags` (bits a scope cannot set are ignored) and returns the bits that
@@ -184,8 +242,10 @@ impl ScopeState {
         self.word.set(self.word.get() & !cookie.bits.bits());
     }
 
-    /// Replaces the whole word: for the reclaim path, which runs shrinkers with a context of its
-    /// own and puts the caller's back afterwards. Returns the previous word.
+    /// Replaces the cookie scopes' word: for the reclaim path, which runs shrinkers with a context
+    /// of its own and puts the caller's back afterwards. Returns the previous word. Lock-tied
+    /// holds stay in force: a thread holding a `NOFS` lock never reclaims from filesystem
+    /// shrinkers, whatever it replaces.
     #[inline]
     pub fn replace(&self, word: Gfp) -> Gfp {
         Gfp::from_bits_truncate(self.word.replace(word.bits()))
@@ -264,6 +324,32 @@ mod tests {
         assert_eq!(s.current(), Gfp::NORECLAIM, "A's restore must leave B's bits");
         assert_eq!(reported, cfg!(debug_assertions));
         s.restore(b, |m| panic!("second restore is in order now: {m}"));
+        assert_eq!(s.current(), Gfp::KERNEL);
+    }
+
+    #[test]
+    fn holds_release_in_any_order_and_compose_with_cookies() {
+        let s = ScopeState::new();
+        s.hold(Gfp::NOIO);
+        s.hold(Gfp::NOFS);
+        s.hold(Gfp::NOFS);
+        s.release(Gfp::NOIO);
+        assert_eq!(s.current(), Gfp::NOFS);
+        // A cookie scope inside, restored while the holds are open: the held bit survives.
+        let c = s.save(Gfp::NOFS | Gfp::NORECLAIM, here());
+        assert_eq!(c.bits(), Gfp::NOFS | Gfp::NORECLAIM, "the cookie word did not have NOFS");
+        s.restore(c, |m| panic!("{m}"));
+        assert_eq!(s.current(), Gfp::NOFS, "the holds keep NOFS");
+        s.release(Gfp::NOFS);
+        assert_eq!(s.current(), Gfp::NOFS, "one hold left");
+        s.release(Gfp::NOFS | Gfp::ZERO);
+        assert_eq!(s.current(), Gfp::KERNEL);
+        // `replace` (the reclaim path) leaves holds alone.
+        s.hold(Gfp::NOIO);
+        let old = s.replace(Gfp::MEMALLOC);
+        assert_eq!(s.current(), Gfp::MEMALLOC | Gfp::NOIO);
+        s.replace(old);
+        s.release(Gfp::NOIO);
         assert_eq!(s.current(), Gfp::KERNEL);
     }
 

@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     pub(crate) alloc_failures: AtomicUsize,
     pub(crate) bad_frees: AtomicUsize,
     pub(crate) scope_mispairs: AtomicUsize,
+    pub(crate) mempool_reserve_uses: AtomicUsize,
+    pub(crate) mempool_waits: AtomicUsize,
 }
 
 impl Counters {
@@ -29,6 +31,8 @@ impl Counters {
             alloc_failures: AtomicUsize::new(0),
             bad_frees: AtomicUsize::new(0),
             scope_mispairs: AtomicUsize::new(0),
+            mempool_reserve_uses: AtomicUsize::new(0),
+            mempool_waits: AtomicUsize::new(0),
         }
     }
 }
@@ -85,6 +89,10 @@ pub struct Stats {
     pub nofail_waits: u64,
     /// Stall reports of NOFAIL allocations (one per 10 s stalled).
     pub nofail_stalls: u64,
+    /// Mempool allocations served from a pool's reserve because the allocator failed.
+    pub mempool_reserve_uses: u64,
+    /// Times a mempool allocation slept waiting for an element to be freed.
+    pub mempool_waits: u64,
     /// Failed allocations by cause, indexed by [`Cause`] as `usize`.
     pub failures_by_cause: [u64; 5],
     /// Registered shrinkers (the first [`MAX_SHRINKER_ROWS`]).
@@ -183,7 +191,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 25] = [
+        let rows: [(&str, &dyn fmt::Display); 27] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -201,6 +209,8 @@ impl fmt::Display for Stats {
             ("background passes", &self.background_passes),
             ("NOFAIL waits", &self.nofail_waits),
             ("NOFAIL stalls", &self.nofail_stalls),
+            ("mempool reserve uses", &self.mempool_reserve_uses),
+            ("mempool waits", &self.mempool_waits),
             ("failed allocations", &self.alloc_failures),
             ("  too large", &fail(Cause::TooLarge)),
             ("  no reclaim allowed", &fail(Cause::NoReclaim)),
@@ -277,6 +287,8 @@ impl<P: Platform> Core<P> {
             background_passes: r.background_passes.load(Ordering::Relaxed) as u64,
             nofail_waits: r.nofail_waits.load(Ordering::Relaxed) as u64,
             nofail_stalls: r.nofail_stalls.load(Ordering::Relaxed) as u64,
+            mempool_reserve_uses: c.mempool_reserve_uses.load(Ordering::Relaxed) as u64,
+            mempool_waits: c.mempool_waits.load(Ordering::Relaxed) as u64,
             failures_by_cause: core::array::from_fn(|i| r.failures[i].load(Ordering::Relaxed) as u64),
             shrinkers,
             shrinker_rows,

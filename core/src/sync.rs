@@ -44,6 +44,25 @@ impl<T> RawCell<T> {
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell as RawCell;
 
+/// Under loom, the spin lock is loom's mutex (same API as the `SpinLock` below), so that the
+/// structures built on it (the mempool reserve) can be model-checked.
+#[cfg(loom)]
+pub(crate) struct SpinLock<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+pub(crate) type SpinGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+#[cfg(loom)]
+impl<T> SpinLock<T> {
+    pub(crate) fn new(value: T) -> Self {
+        SpinLock(loom::sync::Mutex::new(value))
+    }
+
+    pub(crate) fn lock_with(&self, _relax: impl Fn()) -> SpinGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+}
+
 /// A test-and-test-and-set spin lock.
 ///
 /// ctxalloc's locks guard only the allocator's own slow-path structures (the page heap, the

@@ -283,10 +283,20 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `ptr` came from [`vmap_alloc`](Self::vmap_alloc) (or is reported as a bad free).
     pub(crate) unsafe fn vmap_free(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        if !unsafe { self.vmap_free_if_area(ptr) } {
+            self.bad_free(ptr, layout, "not a live large allocation");
+        }
+    }
+
+    /// Frees `ptr` if it is a live vmap area; returns whether it was.
+    ///
+    /// # Safety
+    /// If `ptr` is a live area, the caller owns it and gives it up.
+    pub(crate) unsafe fn vmap_free_if_area(&self, ptr: *mut u8) -> bool {
         let desc = self.lock(&self.vmap).remove(ptr.addr());
         if desc.is_null() {
-            self.bad_free(ptr, layout, "not a live large allocation");
-            return;
+            return false;
         }
         // SAFETY: the descriptor is ours now; the mapping is the caller's to give up.
         unsafe {
@@ -295,15 +305,22 @@ impl<P: Platform> Core<P> {
             self.uncharge(len);
             self.slab_free(desc.cast());
         }
+        true
     }
 
     /// Resizes a vmap area to another vmap size: in place or by `remap` when the platform can
     /// (alignment ≤ a page: `remap` may move to any page boundary); null if not possible, and
-    /// then the area is untouched.
+    /// then the area is untouched. Growth is charged in the effective context of `call`.
     ///
     /// # Safety
     /// `ptr` is a live vmap area of `layout`; `new_size` also belongs to vmap.
-    pub(crate) unsafe fn vmap_resize(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    pub(crate) unsafe fn vmap_resize(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        call: Gfp,
+    ) -> *mut u8 {
         if layout.align() > P::PAGE_SIZE {
             return ptr::null_mut();
         }
@@ -323,7 +340,7 @@ impl<P: Platform> Core<P> {
         } else {
             // SAFETY: the platform hands out the calling thread's context.
             let t = unsafe { &*self.platform.thread() };
-            let eff = Effective::new(Gfp::KERNEL, t.scope.current());
+            let eff = Effective::new(call, t.scope.current());
             let grow = new_len.saturating_sub(old_len);
             if grow == 0 || self.charge(grow, eff) {
                 // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded.

@@ -27,20 +27,28 @@
 #![warn(missing_docs)]
 
 mod env;
+mod flagged;
+mod mempool;
 mod platform;
 mod reclaim;
 mod scope;
+mod scoped_lock;
 
+/// `allocator_api2`, re-exported: its `Vec` and `Box` take a [`Flagged`] allocator.
+pub use allocator_api2;
 pub use ctxalloc_core::{
-    AllocError, Cause, Cookie, Effective, Gfp, ReclaimClass, ScanResult, ShrinkControl, Shrinker,
-    ShrinkerRow, ShrinkerStats, Stats,
+    emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, ReclaimClass, ScanResult, ShrinkControl,
+    Shrinker, ShrinkerRow, ShrinkerStats, Stats,
 };
+pub use flagged::Flagged;
+pub use mempool::{Mempool, PoolBox, TypedMempool};
 pub use reclaim::{limit, reclaim, register_shrinker, set_limit, ShrinkerHandle};
 pub use scope::{
     current, memalloc_flags_restore, memalloc_flags_save, memalloc_nofail_restore, memalloc_nofail_save,
     memalloc_nofs_restore, memalloc_nofs_save, memalloc_noio_restore, memalloc_noio_save,
     memalloc_noreclaim_restore, memalloc_noreclaim_save, scope, with_scope, ScopeGuard,
 };
+pub use scoped_lock::{ScopedMutex, ScopedMutexGuard, ScopedReadGuard, ScopedRwLock, ScopedWriteGuard};
 
 use ctxalloc_core::Core;
 use platform::StdPlatform;

@@ -245,3 +245,29 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::yield_now();
     }
 }
+
+/// Lifts the process's memory limit when dropped.
+pub struct LimitGuard(pub usize);
+
+impl Drop for LimitGuard {
+    fn drop(&mut self) {
+        ctxalloc::set_limit(None);
+    }
+}
+
+/// Limits the process to its current usage plus `extra` bytes. The first call also installs a
+/// panic hook that lifts the limit before the report is formatted (formatting allocates, and
+/// the guard's drop runs only after the hook).
+pub fn limit_to(extra: usize) -> LimitGuard {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            ctxalloc::set_limit(None);
+            report(info);
+        }));
+    });
+    let limit = ctxalloc::usage() + extra;
+    ctxalloc::set_limit(Some(limit));
+    LimitGuard(limit)
+}

@@ -3,7 +3,7 @@
 //! same name without the prefix); the parent asserts that the child passed.
 
 use ctxalloc::{Cause, Gfp, ReclaimClass, ScanResult, ShrinkControl, Shrinker};
-use ctxalloc_tests::{assert_child_passes, is_child, wait_until, Rng};
+use ctxalloc_tests::{assert_child_passes, is_child, limit_to, wait_until, Rng};
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -104,31 +104,6 @@ impl Drop for Cache {
 
 /// A limit of the current usage plus some bytes, removed again on drop — also when a failed
 /// assertion unwinds, so that the harness can allocate its report.
-struct LimitGuard(usize);
-
-impl Drop for LimitGuard {
-    fn drop(&mut self) {
-        ctxalloc::set_limit(None);
-    }
-}
-
-/// Limits the process to its current usage plus `extra` bytes. The first call also installs a
-/// panic hook that lifts the limit before the report is formatted (formatting allocates, and
-/// the guard's drop runs only after the hook).
-fn limit_to(extra: usize) -> LimitGuard {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let report = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            ctxalloc::set_limit(None);
-            report(info);
-        }));
-    });
-    let limit = ctxalloc::usage() + extra;
-    ctxalloc::set_limit(Some(limit));
-    LimitGuard(limit)
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]

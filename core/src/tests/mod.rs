@@ -491,4 +491,6 @@ fn fork_child_leaves_a_heap_caught_in_a_slow_path_alone() {
     });
 }
 
+mod mempool;
+mod per_call;
 mod reclaim;

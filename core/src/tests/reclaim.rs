@@ -11,9 +11,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use std::boxed::Box;
 use std::sync::Mutex;
 
-const BLOCK: usize = 128 << 10;
+pub(super) const BLOCK: usize = 128 << 10;
 
-fn block() -> Layout {
+pub(super) fn block() -> Layout {
     Layout::from_size_align(BLOCK, 8).unwrap()
 }
 
@@ -29,14 +29,14 @@ fn keep<T: Send + Sync + 'static>(value: T) -> &'static T {
 }
 
 /// A core that lives for the rest of the test binary (shrinkers need a `'static` core).
-fn leaked_core(mib: usize, limit_mib: usize) -> &'static Core<MockPlatform> {
+pub(super) fn leaked_core(mib: usize, limit_mib: usize) -> &'static Core<MockPlatform> {
     let core = keep(Core::new(MockPlatform::new(mib << 20)));
     core.set_limit(Some(limit_mib << 20));
     core
 }
 
 /// A cache of blocks allocated from the core; its shrinker frees them.
-struct Cache {
+pub(super) struct Cache {
     core: &'static Core<MockPlatform>,
     name: &'static str,
     class: ReclaimClass,
@@ -56,7 +56,7 @@ struct Cache {
 }
 
 impl Cache {
-    fn new(core: &'static Core<MockPlatform>, name: &'static str, class: ReclaimClass) -> Cache {
+    pub(super) fn new(core: &'static Core<MockPlatform>, name: &'static str, class: ReclaimClass) -> Cache {
         Cache {
             core,
             name,
@@ -73,7 +73,7 @@ impl Cache {
     }
 
     /// Registers the cache (leaked: it outlives the test's core).
-    fn register(self) -> &'static Cache {
+    pub(super) fn register(self) -> &'static Cache {
         let c: &'static Cache = keep(self);
         // SAFETY: the cache is never freed.
         unsafe { c.core.register_shrinker(NonNull::from(c as &dyn Shrinker)) }.expect("registered");
@@ -81,18 +81,18 @@ impl Cache {
     }
 
     /// Allocates `n` blocks into the cache (plain context).
-    fn fill(&self, n: usize) {
+    pub(super) fn fill(&self, n: usize) {
         for _ in 0..n {
             let p = self.core.alloc_with(block(), Gfp::NOWARN).expect("filling the cache");
             self.blocks.lock().unwrap().push(p.as_ptr().addr());
         }
     }
 
-    fn scans(&self) -> usize {
+    pub(super) fn scans(&self) -> usize {
         self.scans.lock().unwrap().len()
     }
 
-    fn stats(&self) -> ShrinkerStats {
+    pub(super) fn stats(&self) -> ShrinkerStats {
         let mut out = ShrinkerStats::default();
         self.core.for_each_shrinker(|name, _, s| {
             if name == self.name {
@@ -147,7 +147,7 @@ impl Shrinker for Cache {
 }
 
 /// Allocates plain blocks until the limit refuses; returns them.
-fn fill_to_limit(core: &Core<MockPlatform>) -> Vec<usize> {
+pub(super) fn fill_to_limit(core: &Core<MockPlatform>) -> Vec<usize> {
     let mut v = Vec::new();
     while let Ok(p) = core.alloc_with(block(), Gfp::NOWARN | Gfp::NORECLAIM) {
         v.push(p.as_ptr().addr());
@@ -155,7 +155,7 @@ fn fill_to_limit(core: &Core<MockPlatform>) -> Vec<usize> {
     v
 }
 
-fn free_blocks(core: &Core<MockPlatform>, v: Vec<usize>) {
+pub(super) fn free_blocks(core: &Core<MockPlatform>, v: Vec<usize>) {
     for a in v {
         // SAFETY: live blocks of `block()`.
         unsafe { core.dealloc(core.platform().ptr_from_addr(a), block()) };
