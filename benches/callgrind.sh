@@ -13,5 +13,5 @@ for a in floor ctxalloc "ctxalloc scope" mimalloc jemalloc system; do
   set -- $a
   one=$(count "$1" "$N" ${2:+$2})
   two=$(count "$1" $((2 * N)) ${2:+$2})
-  printf '%-22s %s\n' "$a${2:+ (inside NOFS|NOIO)}" "$(( (two - one) / N ))"
+  printf "%-22s %s\n" "$a${2:+ (inside NOFS|NOIO)}" "$(awk -v a="$one" -v b="$two" -v n="$N" "BEGIN { printf \"%.2f\", (b - a) / n }")"
 done

@@ -101,6 +101,9 @@ mod slab {
 mod gfp;
 #[cfg(loom)]
 #[allow(dead_code)]
+mod scoped_lock;
+#[cfg(loom)]
+#[allow(dead_code)]
 mod mempool {
     #[path = "reserve.rs"]
     pub(crate) mod reserve;

@@ -8,6 +8,7 @@
 
 use crate::gfp::Gfp;
 use crate::sync::{SpinGuard, SpinLock};
+#[cfg(not(loom))]
 use crate::{Core, Platform};
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
@@ -30,6 +31,7 @@ pub unsafe trait ContextHolder: Sync {
 }
 
 // SAFETY: `scope_hold`/`scope_release` touch only the calling thread's `ScopeState`.
+#[cfg(not(loom))]
 unsafe impl<P: Platform> ContextHolder for Core<P> {
     #[inline]
     fn hold(&self, flags: Gfp) {
@@ -70,7 +72,14 @@ pub struct ScopedSpinLock<'h, H: ContextHolder, T> {
 
 impl<'h, H: ContextHolder, T> ScopedSpinLock<'h, H, T> {
     /// A lock holding `value`, whose holders allocate inside `flags` (scope bits only).
+    #[cfg(not(loom))]
     pub const fn new(holder: &'h H, value: T, flags: Gfp) -> Self {
+        ScopedSpinLock { holder, flags, lock: SpinLock::new(value) }
+    }
+
+    /// A lock holding `value` (loom's locks have no `const` constructor).
+    #[cfg(loom)]
+    pub fn new(holder: &'h H, value: T, flags: Gfp) -> Self {
         ScopedSpinLock { holder, flags, lock: SpinLock::new(value) }
     }
 
@@ -124,5 +133,84 @@ impl<H: ContextHolder, T> Drop for ScopedSpinGuard<'_, '_, H, T> {
     fn drop(&mut self) {
         // The scope is left first; the lock is released when `guard` drops right after.
         self.lock.holder.release(self.lock.flags);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use core::cell::Cell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    loom::thread_local! {
+        /// Per-thread hold counts of NOFS and NOIO: a minimal context word.
+        static HOLDS: Cell<(u32, u32)> = Cell::new((0, 0));
+    }
+
+    /// A context holder over the loom thread-local above.
+    struct Tls;
+
+    fn word() -> Gfp {
+        HOLDS.with(|h| {
+            let (fs, io) = h.get();
+            let mut g = Gfp::KERNEL;
+            if fs > 0 {
+                g |= Gfp::NOFS;
+            }
+            if io > 0 {
+                g |= Gfp::NOIO;
+            }
+            g
+        })
+    }
+
+    // SAFETY: acts on the calling (loom) thread's counts only.
+    unsafe impl ContextHolder for Tls {
+        fn hold(&self, f: Gfp) {
+            HOLDS.with(|h| {
+                let (fs, io) = h.get();
+                h.set((fs + u32::from(f.contains(Gfp::NOFS)), io + u32::from(f.contains(Gfp::NOIO))));
+            });
+        }
+        fn release(&self, f: Gfp) {
+            HOLDS.with(|h| {
+                let (fs, io) = h.get();
+                h.set((fs - u32::from(f.contains(Gfp::NOFS)), io - u32::from(f.contains(Gfp::NOIO))));
+            });
+        }
+    }
+
+    static HOLDER: Tls = Tls;
+
+    /// Two threads take two scoped locks hand over hand (a, b, release a, release b) while
+    /// updating the values: mutual exclusion holds (loom checks the cells), each thread's context
+    /// is exactly the scopes of the guards it holds, and never another thread's.
+    #[test]
+    fn hand_over_hand_keeps_each_threads_scopes() {
+        loom::model(|| {
+            let a = Arc::new(ScopedSpinLock::new(&HOLDER, 0u32, Gfp::NOFS));
+            let b = Arc::new(ScopedSpinLock::new(&HOLDER, 0u32, Gfp::NOIO));
+            let run = {
+                let (a, b) = (a.clone(), b.clone());
+                move || {
+                    assert_eq!(word(), Gfp::KERNEL);
+                    let mut ga = a.lock();
+                    *ga += 1;
+                    assert_eq!(word(), Gfp::NOFS);
+                    let mut gb = b.lock();
+                    *gb += 1;
+                    assert_eq!(word(), Gfp::NOFS | Gfp::NOIO);
+                    drop(ga);
+                    assert_eq!(word(), Gfp::NOIO, "b's scope outlives a's guard");
+                    drop(gb);
+                    assert_eq!(word(), Gfp::KERNEL);
+                }
+            };
+            let t = thread::spawn(run.clone());
+            run();
+            t.join().unwrap();
+            assert_eq!((*a.lock(), *b.lock()), (2, 2));
+        });
     }
 }

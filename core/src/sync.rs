@@ -61,6 +61,10 @@ impl<T> SpinLock<T> {
     pub(crate) fn lock_with(&self, _relax: impl Fn()) -> SpinGuard<'_, T> {
         self.0.lock().unwrap()
     }
+
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.0.try_lock().ok()
+    }
 }
 
 /// A test-and-test-and-set spin lock.

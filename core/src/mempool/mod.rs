@@ -22,6 +22,7 @@
 mod reserve;
 
 use crate::gfp::Gfp;
+use crate::sync::Ordering;
 use crate::{AllocError, Core, Platform};
 use core::alloc::Layout;
 use core::marker::PhantomData;
@@ -108,29 +109,34 @@ impl<'c, P: Platform> Mempool<'c, P> {
     #[track_caller]
     pub fn alloc(&self, gfp: Gfp) -> Option<NonNull<u8>> {
         let full = gfp | Gfp::NOMEMALLOC | Gfp::NORETRY | Gfp::NOWARN;
+        // Step 2, the common case: it succeeds without the context word being read.
+        if let Ok(e) = self.core.alloc_with(self.elem, full | Gfp::NORECLAIM) {
+            return Some(e);
+        }
         let may_wait = self.core.effective(full).may_wait();
-        let cheap = full | Gfp::NORECLAIM;
-        let mut attempt = if may_wait { cheap } else { full };
+        // A caller that may not wait already made its full-strength attempt: the cheap one.
+        let mut tried_full = !may_wait;
         loop {
-            if let Ok(e) = self.core.alloc_with(self.elem, attempt) {
-                return Some(e);
-            }
-            match self.reserve.take(attempt == full && may_wait, || self.relax()) {
+            match self.reserve.take(tried_full && may_wait, || self.relax()) {
                 Take::Element(e) => {
                     if gfp.contains(Gfp::ZERO) {
                         // SAFETY: the element is ours, `elem.size()` bytes.
                         unsafe { e.as_ptr().write_bytes(0, self.elem.size()) };
                     }
-                    self.core.counters.mempool_reserve_uses.fetch_add(1, crate::sync::Ordering::Relaxed);
+                    self.core.counters.mempool_reserve_uses.fetch_add(1, Ordering::Relaxed);
                     return Some(e);
                 }
-                Take::Empty(_) if attempt != full => attempt = full,
                 Take::Empty(_) if !may_wait => return None,
+                Take::Empty(_) if !tried_full => tried_full = true,
                 Take::Empty(ticket) => {
-                    self.core.counters.mempool_waits.fetch_add(1, crate::sync::Ordering::Relaxed);
+                    self.core.counters.mempool_waits.fetch_add(1, Ordering::Relaxed);
                     self.core.platform().wait(&self.reserve.returned, ticket, WAIT_NS);
                     self.reserve.stop_waiting(|| self.relax());
                 }
+            }
+            // Step 4 (once), or after a wait: the allocator at full strength.
+            if let Ok(e) = self.core.alloc_with(self.elem, full) {
+                return Some(e);
             }
         }
     }

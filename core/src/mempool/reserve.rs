@@ -200,9 +200,11 @@ mod loom_tests {
 
     /// `mempool_free`.
     fn free(r: &Reserve, f: &Futex, e: NonNull<u8>) {
+        // SAFETY: `e` is a boxed `usize` (pointer-sized) that the caller gives up.
         match unsafe { r.give(e, loom::thread::yield_now) } {
             Some(true) => f.wake_all(),
             Some(false) => {}
+            // SAFETY: not taken: still the caller's box.
             None => drop(unsafe { Box::from_raw(e.as_ptr().cast::<usize>()) }),
         }
     }
@@ -214,6 +216,7 @@ mod loom_tests {
         loom::model(|| {
             let r = Arc::new(Reserve::new(1));
             let f = Arc::new(Futex::new());
+            // SAFETY: a fresh pointer-sized box.
             unsafe { r.give(element(), loom::thread::yield_now) };
             let held = alloc(&r, &f);
             let t = {
@@ -226,6 +229,7 @@ mod loom_tests {
             free(&r, &f, held);
             t.join().unwrap();
             let last = r.pop_surplus(false, loom::thread::yield_now).unwrap();
+            // SAFETY: the last element, a box from `element`, no longer in the reserve.
             drop(unsafe { Box::from_raw(last.as_ptr().cast::<usize>()) });
         });
     }
@@ -240,6 +244,7 @@ mod loom_tests {
         b.check(|| {
             let r = Arc::new(Reserve::new(1));
             let f = Arc::new(Futex::new());
+            // SAFETY: a fresh pointer-sized box.
             unsafe { r.give(element(), loom::thread::yield_now) };
             let held = alloc(&r, &f);
             let spawn = || {
@@ -254,6 +259,7 @@ mod loom_tests {
             a.join().unwrap();
             b.join().unwrap();
             let last = r.pop_surplus(false, loom::thread::yield_now).unwrap();
+            // SAFETY: the last element, a box from `element`, no longer in the reserve.
             drop(unsafe { Box::from_raw(last.as_ptr().cast::<usize>()) });
         });
     }

@@ -315,6 +315,7 @@ mod loom_tests {
         loom::model(|| {
             let reg: &'static Registry = Box::leak(Box::new(Registry::new()));
             let p = probe();
+            // SAFETY: the probe is leaked: it outlives the registration.
             let slot = unsafe { reg.register(NonNull::from(p as &dyn Shrinker), chunk) }.unwrap();
             let walker = thread::spawn(move || walk(reg));
             reg.unregister(slot, |_, _| loom::thread::yield_now());
@@ -333,10 +334,12 @@ mod loom_tests {
             let reg: &'static Registry = Box::leak(Box::new(Registry::new()));
             let (a, b) = (probe(), probe());
             let t = thread::spawn(move || {
+                // SAFETY: the probe is leaked: it outlives the registration.
                 unsafe { reg.register(NonNull::from(a as &dyn Shrinker), chunk) }.unwrap() as *const Slot
                     as usize
             });
             let walker = thread::spawn(move || walk(reg));
+            // SAFETY: as above.
             let sb = unsafe { reg.register(NonNull::from(b as &dyn Shrinker), chunk) }.unwrap() as *const Slot
                 as usize;
             let sa = t.join().unwrap();

@@ -202,12 +202,14 @@ mod loom_tests {
         let mut b = head;
         while !b.is_null() {
             out.push(b as usize);
+            // SAFETY: a block of the collected list, boxed by the test and still live.
             b = unsafe { Block::next(b) };
         }
     }
 
     fn free_all(v: &[usize]) {
         for &b in v {
+            // SAFETY: each block was boxed by the test and is freed once.
             drop(unsafe { Box::from_raw(b as *mut Block) });
         }
     }
@@ -225,6 +227,7 @@ mod loom_tests {
                     let list = list.clone();
                     thread::spawn(move || {
                         for blk in mine {
+                            // SAFETY: a live block this thread owns and gives up.
                             assert_eq!(unsafe { list.push(blk as *mut Block) }, Push::Done);
                         }
                     })
@@ -254,7 +257,9 @@ mod loom_tests {
             let l2 = list.clone();
             let (b0, b1) = (b[0], b[1]);
             let pusher = thread::spawn(move || {
+                // SAFETY: live blocks this thread owns and gives up.
                 let r0 = unsafe { l2.push(b0 as *mut Block) };
+                // SAFETY: as above.
                 let r1 = unsafe { l2.push(b1 as *mut Block) };
                 (r0, r1)
             });
@@ -293,6 +298,7 @@ mod loom_tests {
             let pusher = thread::spawn(move || {
                 for blk in [b0, b1] {
                     loop {
+                        // SAFETY: a live block this thread owns and gives up.
                         if unsafe { l2.push(blk as *mut Block) } == Push::Done {
                             break;
                         }

@@ -131,3 +131,22 @@ fn realloc_with_zero_clears_the_new_tail() {
         core.dealloc(r, Layout::from_size_align(5000, 8).unwrap());
     }
 }
+
+#[test]
+fn scoped_spin_locks_carry_their_scope_and_release_in_any_order() {
+    let core = new_core(8);
+    let a = crate::ScopedSpinLock::new(&core, 1u32, Gfp::NOFS);
+    let b = crate::ScopedSpinLock::new(&core, 2u32, Gfp::NOIO);
+    let ga = a.lock();
+    let gb = b.try_lock().expect("free");
+    assert_eq!(core.current(), Gfp::NOFS | Gfp::NOIO);
+    assert!(b.try_lock().is_none(), "held");
+    drop(ga);
+    assert_eq!(core.current(), Gfp::NOIO, "b's scope outlives a's guard");
+    // A NOIO-scoped holder's allocation is NOIO (and so NOFS) in effect.
+    assert!(core.effective(Gfp::KERNEL).gfp().contains(Gfp::NOFS));
+    drop(gb);
+    assert_eq!(core.current(), Gfp::KERNEL);
+    assert_eq!((*a.lock(), *b.lock()), (1, 2));
+    assert_eq!(core.current(), Gfp::KERNEL);
+}
