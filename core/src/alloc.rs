@@ -259,8 +259,8 @@ impl<P: Platform> Core<P> {
     #[inline(never)]
     unsafe fn dealloc_other(&self, ptr: *mut u8, layout: Layout) {
         match class_for(layout.size(), layout.align()) {
-            // SAFETY: a kvmalloc fallback is a live vmap area (freed by the call).
-            Some(_) if self.kv_free(ptr, layout) => {}
+            // SAFETY: the caller gives up `ptr`, a live block of `layout`.
+            Some(_) if unsafe { self.kv_free(ptr, layout) } => {}
             // SAFETY: the layout lives in the slab.
             Some(_) => unsafe { self.slab_free(ptr) },
             // SAFETY: the layout lives in vmap.
@@ -313,11 +313,15 @@ impl<P: Platform> Core<P> {
 
     /// Frees `ptr` if it is a kvmalloc fallback (a vmap area serving a slab-sized layout);
     /// returns whether it was. Cheap when none is live.
-    fn kv_free(&self, ptr: *mut u8, layout: Layout) -> bool {
+    ///
+    /// # Safety
+    /// `ptr` is a live block of `layout` that the caller gives up if this returns `true`.
+    unsafe fn kv_free(&self, ptr: *mut u8, layout: Layout) -> bool {
         if layout.size() <= KV_MIN || self.kv_live.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        // SAFETY: `ptr` is a live block; if it is registered as a vmap area, it is one.
+        // SAFETY: `ptr` is a live block; if it is registered as a vmap area, it is one, and the
+        // caller gives it up.
         let freed = unsafe { self.vmap_free_if_area(ptr) };
         if freed {
             self.kv_live.fetch_sub(1, Ordering::Relaxed);

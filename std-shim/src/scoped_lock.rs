@@ -11,7 +11,18 @@ use ctxalloc_core::Gfp;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{
+    Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError, TryLockResult,
+};
+
+/// The guard of a `try_*` that got the lock (poisoned or not); `None` if it was held.
+fn acquired<G>(r: TryLockResult<G>) -> Option<G> {
+    match r {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
 
 /// A lock-tied scope held by the current thread; leaves it on drop. Not `Send`.
 struct Held {
@@ -79,11 +90,7 @@ impl<T: ?Sized> ScopedMutex<T> {
     /// Takes the lock if it is free, entering the scope. A shrinker's way in: a shrinker must
     /// never block on a lock that an allocating thread may hold.
     pub fn try_lock(&self) -> Option<ScopedMutexGuard<'_, T>> {
-        let guard = match self.inner.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let guard = acquired(self.inner.try_lock())?;
         Some(ScopedMutexGuard { held: Held::enter(self.flags), guard })
     }
 
@@ -178,21 +185,13 @@ impl<T: ?Sized> ScopedRwLock<T> {
 
     /// Takes the lock shared if no writer holds it.
     pub fn try_read(&self) -> Option<ScopedReadGuard<'_, T>> {
-        let guard = match self.inner.try_read() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let guard = acquired(self.inner.try_read())?;
         Some(ScopedReadGuard { held: Held::enter(self.flags), guard })
     }
 
     /// Takes the lock exclusively if it is free.
     pub fn try_write(&self) -> Option<ScopedWriteGuard<'_, T>> {
-        let guard = match self.inner.try_write() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let guard = acquired(self.inner.try_write())?;
         Some(ScopedWriteGuard { held: Held::enter(self.flags), guard })
     }
 }

@@ -24,6 +24,13 @@ fn me() -> u64 {
     ID.with(|id| *id)
 }
 
+/// Drops up to `n` of the newest buffers; returns how many.
+fn drop_newest(v: &mut Vec<Vec<u8>>, n: usize) -> usize {
+    let n = n.min(v.len());
+    v.truncate(v.len() - n);
+    n
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scoped locks
 
@@ -156,11 +163,7 @@ impl Shrinker for Probe {
         if self.holder_of.load(Ordering::SeqCst) == me() {
             self.on_holder.fetch_add(1, Ordering::SeqCst);
         }
-        let mut s = self.stash.lock().unwrap();
-        let n = sc.nr_to_scan.min(s.len());
-        let keep = s.len() - n;
-        s.truncate(keep);
-        ScanResult::Freed(n)
+        ScanResult::Freed(drop_newest(&mut self.stash.lock().unwrap(), sc.nr_to_scan))
     }
 }
 
@@ -328,10 +331,7 @@ impl Shrinker for FsCache {
     fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
         self.scans.fetch_add(1, Ordering::SeqCst);
         let Ok(mut b) = self.bufs.try_lock() else { return ScanResult::Stop };
-        let n = sc.nr_to_scan.min(b.len());
-        let keep = b.len() - n;
-        b.truncate(keep);
-        ScanResult::Freed(n)
+        ScanResult::Freed(drop_newest(&mut b, sc.nr_to_scan))
     }
 }
 
