@@ -1,25 +1,233 @@
 //! # ctxalloc-kernel
 //!
-//! ctxalloc for `no_std` kernels and bare metal: the same core as the std shim, with per-CPU (or
-//! per-task) context words and a static memory region as the page source.
+//! ctxalloc for `no_std` kernels, firmware and bare metal: the same core as the std shim, with
+//! per-CPU (or per-task) context words and a static memory region as the page source.
 //!
-//! **Status:** this crate is the placeholder the foundation promises; `KernelAlloc<P>` with
-//! `const fn new(P)` and `unsafe fn init(&self, start, len)`, the region page source over
-//! `linked_list_allocator`, and the riscv64 QEMU image arrive with the kernel-shim issue. What
-//! it offers today is the core's embedder-facing API, so that a kernel can already implement
-//! [`Platform`] and drive a [`Core`] directly:
+//! What an embedder writes:
 //!
 //! ```
-//! use ctxalloc_kernel::{Core, Gfp, Platform};
-//! fn allocate_in_nofs<P: Platform>(core: &Core<P>) -> bool {
-//!     let c = core.scope_save(Gfp::NOFS, core::panic::Location::caller());
-//!     let ok = core.alloc_with(core::alloc::Layout::new::<[u64; 8]>(), Gfp::KERNEL).is_ok();
-//!     core.scope_restore(c);
-//!     ok
+//! use ctxalloc_kernel::{KernelAlloc, PerCpu, Platform, ThreadCtx};
+//!
+//! struct Machine;
+//! static CPUS: PerCpu<2> = PerCpu::new();
+//! fn cpu_id() -> usize { 0 } // mhartid, the APIC id, a per-CPU register…
+//!
+//! // SAFETY: one context per CPU; this example's kernel never preempts an allocating CPU.
+//! unsafe impl Platform for Machine {
+//!     fn context(&self) -> *const ThreadCtx { CPUS.get(cpu_id()) }
+//!     fn now_ns(&self) -> u64 { 0 }
+//!     fn report(&self, _msg: &str) {}
 //! }
+//!
+//! // #[global_allocator] in the kernel image:
+//! static HEAP: KernelAlloc<Machine> = KernelAlloc::new(Machine);
+//!
+//! # fn main() {
+//! # let region = Box::leak(vec![0u8; 8 << 20].into_boxed_slice());
+//! // At boot, before the first allocation:
+//! unsafe { HEAP.init(region.as_mut_ptr(), region.len()) };
+//! let nofs = HEAP.scope(ctxalloc_kernel::Gfp::NOFS); // this CPU's allocations are NOFS
+//! let p = HEAP.alloc_with(core::alloc::Layout::new::<[u64; 8]>(), ctxalloc_kernel::Gfp::KERNEL).unwrap();
+//! unsafe { HEAP.dealloc_with(p, core::alloc::Layout::new::<[u64; 8]>()) };
+//! drop(nofs);
+//! # }
 //! ```
+//!
+//! The page source is `linked_list_allocator` behind a `spin` lock over the region, handing out
+//! page-aligned spans; the core's slab sits on top with per-CPU heaps and lock-free cross-CPU
+//! frees, so that lock is off the fast path. Scopes, reclaim (shrinkers, with the region's size
+//! as the limit), mempools and large allocations (contiguous spans: there is no mapping hook)
+//! work as in the std shim.
 
 #![no_std]
 #![warn(missing_docs)]
 
-pub use ctxalloc_core::{AllocError, Cookie, Core, Effective, Gfp, Platform, ReclaimClass, Stats, ThreadCtx};
+mod platform;
+mod region;
+
+pub use ctxalloc_core::{
+    AllocError, Cookie, Core, Effective, Gfp, Mempool, PoolBox, ReclaimClass, ScanResult, ScopedSpinLock,
+    ShrinkControl, Shrinker, ShrinkerId, Stats, ThreadCtx,
+};
+pub use platform::{PerCpu, Platform};
+pub use region::{Region, PAGE};
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::panic::Location;
+use core::ptr::NonNull;
+
+/// The allocator: a core over the embedder's platform and a region.
+///
+/// Every entry point runs between the platform's [`enter`](Platform::enter) and
+/// [`leave`](Platform::leave) (preemption held off, for per-CPU contexts).
+pub struct KernelAlloc<P: Platform> {
+    core: Core<Region<P>>,
+}
+
+impl<P: Platform> KernelAlloc<P> {
+    /// An allocator over `platform`, with no memory until [`init`](Self::init) (or the
+    /// platform's [`early_region`](Platform::early_region)).
+    pub const fn new(platform: P) -> Self {
+        KernelAlloc { core: Core::new(Region::new(platform)) }
+    }
+
+    /// Gives the allocator its region and makes the region's size the memory limit (so reclaim
+    /// runs before the region is exhausted, with the usual emergency reserve). A second call is
+    /// ignored.
+    ///
+    /// # Safety
+    /// `[start, start + len)` is valid, writable memory used by nothing else, for ever.
+    pub unsafe fn init(&self, start: *mut u8, len: usize) {
+        // SAFETY: the caller's contract.
+        if unsafe { self.core.platform().init(start, len) } {
+            self.core.set_limit(Some(self.core.platform().size()));
+        }
+    }
+
+    /// The core: statistics, limits, reclaim, per-call allocation, mempools.
+    pub fn core(&self) -> &Core<Region<P>> {
+        &self.core
+    }
+
+    #[inline(always)]
+    fn on_cpu<R>(&self, f: impl FnOnce(&Core<Region<P>>) -> R) -> R {
+        let p = self.core.platform().platform();
+        let token = p.enter();
+        let r = f(&self.core);
+        p.leave(token);
+        r
+    }
+
+    /// Allocates with per-call flags, united with this CPU's context word.
+    ///
+    /// # Errors
+    /// [`AllocError`] when no memory can be had in the effective context.
+    #[track_caller]
+    pub fn alloc_with(&self, layout: Layout, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        self.on_cpu(|c| c.alloc_with(layout, gfp))
+    }
+
+    /// Frees a block of this allocator.
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this allocator with `layout`.
+    pub unsafe fn dealloc_with(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded.
+        self.on_cpu(|c| unsafe { c.dealloc(ptr.as_ptr(), layout) });
+    }
+
+    /// This CPU's (task's) context word.
+    pub fn current(&self) -> Gfp {
+        self.core.current()
+    }
+
+    /// Opens a scope (the kernel's `memalloc_flags_save`); restore it with
+    /// [`memalloc_flags_restore`](Self::memalloc_flags_restore), innermost first.
+    #[track_caller]
+    pub fn memalloc_flags_save(&self, flags: Gfp) -> Cookie {
+        self.core.scope_save(flags, Location::caller())
+    }
+
+    /// Closes a scope.
+    pub fn memalloc_flags_restore(&self, cookie: Cookie) {
+        self.core.scope_restore(cookie);
+    }
+
+    /// `memalloc_nofs_save()`.
+    #[track_caller]
+    pub fn memalloc_nofs_save(&self) -> Cookie {
+        self.memalloc_flags_save(Gfp::NOFS)
+    }
+
+    /// `memalloc_noio_save()`.
+    #[track_caller]
+    pub fn memalloc_noio_save(&self) -> Cookie {
+        self.memalloc_flags_save(Gfp::GFP_NOIO)
+    }
+
+    /// Opens a scope until the returned guard is dropped.
+    #[track_caller]
+    pub fn scope(&self, flags: Gfp) -> ScopeGuard<'_, P> {
+        ScopeGuard { alloc: self, cookie: Some(self.memalloc_flags_save(flags)) }
+    }
+
+    /// Registers a shrinker for the rest of the program's life (or until
+    /// [`unregister_shrinker`](Self::unregister_shrinker)).
+    ///
+    /// # Errors
+    /// [`AllocError`] if the registry cannot grow.
+    pub fn register_shrinker(
+        &'static self,
+        shrinker: &'static dyn Shrinker,
+    ) -> Result<ShrinkerId, AllocError> {
+        // SAFETY: the shrinker is `'static`, and so is the allocator.
+        unsafe { self.core.register_shrinker(NonNull::from(shrinker)) }.ok_or(AllocError)
+    }
+
+    /// Unregisters a shrinker, waiting for calls in flight.
+    pub fn unregister_shrinker(&self, id: ShrinkerId) {
+        self.core.unregister_shrinker(id);
+    }
+
+    /// A mempool of `min_nr` elements of `layout` over this allocator.
+    ///
+    /// # Errors
+    /// [`AllocError`] if the preallocation fails.
+    #[track_caller]
+    pub fn mempool(&self, layout: Layout, min_nr: usize) -> Result<Mempool<'_, Region<P>>, AllocError> {
+        let p = self.core.platform().platform();
+        let token = p.enter();
+        let pool = Mempool::new(&self.core, layout, min_nr);
+        p.leave(token);
+        pool
+    }
+
+    /// A snapshot of the allocator's state.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+}
+
+/// A scope on the current CPU (task); dropping it closes the scope.
+#[must_use = "the scope closes when the guard is dropped"]
+pub struct ScopeGuard<'a, P: Platform> {
+    alloc: &'a KernelAlloc<P>,
+    cookie: Option<Cookie>,
+}
+
+impl<P: Platform> Drop for ScopeGuard<'_, P> {
+    fn drop(&mut self) {
+        if let Some(c) = self.cookie.take() {
+            self.alloc.memalloc_flags_restore(c);
+        }
+    }
+}
+
+// SAFETY: the core returns null or a fresh block of at least `layout.size()` bytes aligned to
+// `layout.align()`, frees only what it handed out, and never unwinds; `enter`/`leave` bracket
+// each call so the per-CPU context is used by one CPU at a time.
+unsafe impl<P: Platform> GlobalAlloc for KernelAlloc<P> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        self.on_cpu(|c| unsafe { c.alloc(layout) })
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        self.on_cpu(|c| unsafe { c.dealloc(ptr, layout) })
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        self.on_cpu(|c| unsafe { c.alloc_zeroed(layout) })
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        self.on_cpu(|c| unsafe { c.realloc(ptr, layout, new_size) })
+    }
+}

@@ -1,0 +1,316 @@
+//! The kernel shim on the host, threads playing CPUs: the global allocator of this binary is a
+//! `KernelAlloc` over a static 256 MiB region (its `early_region`), and a second `KernelAlloc`
+//! over a small region carries the reclaim and mempool scenarios.
+
+use ctxalloc_kernel::{
+    Gfp, KernelAlloc, PerCpu, Platform, ReclaimClass, ScanResult, ShrinkControl, Shrinker, ThreadCtx,
+};
+use ctxalloc_tests::{Block, Model, Rng};
+use std::alloc::Layout;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+/// Each host thread is a CPU: it takes the next free slot the first time it allocates.
+const CPUS: usize = 4096;
+
+thread_local! {
+    static CPU: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
+
+fn cpu_id() -> usize {
+    CPU.with(|c| {
+        if c.get() == usize::MAX {
+            let id = NEXT_CPU.fetch_add(1, Ordering::Relaxed);
+            assert!(id < CPUS, "more host threads than CPU slots");
+            c.set(id);
+        }
+        c.get()
+    })
+}
+
+fn host_report(msg: &str) {
+    // SAFETY: writing a buffer we own to stderr; no allocation.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+fn host_now() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The global allocator's platform.
+struct Host;
+static HOST_CPUS: PerCpu<CPUS> = PerCpu::new();
+static mut REGION: [u8; 256 << 20] = [0; 256 << 20];
+
+// SAFETY: one context per host thread (each thread its own slot, never reused); the region is
+// this binary's static, used by nothing else.
+unsafe impl Platform for Host {
+    fn context(&self) -> *const ThreadCtx {
+        HOST_CPUS.get(cpu_id())
+    }
+    fn early_region(&self) -> Option<(*mut u8, usize)> {
+        Some(((&raw mut REGION).cast(), 256 << 20))
+    }
+    fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: u64) {
+        if word.load(Ordering::Acquire) == expected {
+            thread::yield_now();
+        }
+    }
+    fn now_ns(&self) -> u64 {
+        0
+    }
+    fn report(&self, msg: &str) {
+        host_report(msg);
+    }
+    fn relax(&self) {
+        thread::yield_now();
+    }
+}
+
+#[global_allocator]
+static GLOBAL: KernelAlloc<Host> = KernelAlloc::new(Host);
+
+/// A second machine with a small region: its own per-CPU contexts (a context belongs to one
+/// allocator).
+struct Small;
+static SMALL_CPUS: PerCpu<CPUS> = PerCpu::new();
+
+// SAFETY: as for `Host`; the region is handed over by `small()`.
+unsafe impl Platform for Small {
+    fn context(&self) -> *const ThreadCtx {
+        SMALL_CPUS.get(cpu_id())
+    }
+    fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: u64) {
+        if word.load(Ordering::Acquire) == expected {
+            thread::yield_now();
+        }
+    }
+    fn now_ns(&self) -> u64 {
+        host_now()
+    }
+    fn report(&self, msg: &str) {
+        host_report(msg);
+    }
+    fn relax(&self) {
+        thread::yield_now();
+    }
+}
+
+static SMALL: KernelAlloc<Small> = KernelAlloc::new(Small);
+const SMALL_SIZE: usize = 8 << 20;
+
+/// The small machine, initialised once; its tests take `SERIAL` (they share its limit).
+fn small() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let region = Box::leak(vec![0u8; SMALL_SIZE].into_boxed_slice());
+        // SAFETY: leaked: ours for ever.
+        unsafe { SMALL.init(region.as_mut_ptr(), region.len()) };
+    });
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_kernel_allocator_is_this_binarys_global_allocator() {
+    let before = GLOBAL.stats();
+    let v: Vec<Box<[u8; 48]>> = (0..4000).map(|_| Box::new([7; 48])).collect();
+    assert!(GLOBAL.stats().slab_pages > before.slab_pages || GLOBAL.stats().usage > before.usage);
+    assert_eq!(GLOBAL.stats().limit, None, "an early region has no limit unless one is set");
+    drop(v);
+}
+
+#[test]
+fn every_size_and_alignment_from_the_region() {
+    let mut model = Model::new();
+    let mut seed = 1;
+    let mut size = 1usize;
+    while size <= 8 << 20 {
+        for s in [size, size + 1, size * 3 / 2 + 7] {
+            let mut align = 1;
+            while align <= 1 << 20 {
+                model.insert(Block::new(Layout::from_size_align(s, align).unwrap(), seed));
+                seed += 1;
+                align <<= 3;
+            }
+        }
+        size <<= 1;
+        if model.len() > 200 || size >= 1 << 20 {
+            model.verify_all();
+            for a in model.addrs() {
+                drop(model.take(a));
+            }
+        }
+    }
+    model.verify_all();
+}
+
+#[test]
+fn random_traffic_with_cross_cpu_frees() {
+    let (tx, rx) = mpsc::sync_channel::<Vec<Block>>(4);
+    let consumer = thread::spawn(move || {
+        let mut n = 0;
+        for batch in rx {
+            for b in batch {
+                b.verify();
+                n += 1;
+            }
+        }
+        n
+    });
+    let producers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut rng = Rng::new(t + 11);
+                for _ in 0..200 {
+                    let batch = (0..50)
+                        .map(|i| Block::new(Layout::from_size_align(rng.size(1 << 20), 8).unwrap(), i))
+                        .collect();
+                    tx.send(batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for p in producers {
+        p.join().unwrap();
+    }
+    assert_eq!(consumer.join().unwrap(), 2 * 200 * 50);
+}
+
+#[test]
+fn scopes_are_per_cpu() {
+    let g = GLOBAL.scope(Gfp::NOFS);
+    assert_eq!(GLOBAL.current(), Gfp::NOFS);
+    assert_eq!(thread::spawn(|| GLOBAL.current()).join().unwrap(), Gfp::KERNEL, "another CPU is unaffected");
+    let c = GLOBAL.memalloc_noio_save();
+    assert_eq!(GLOBAL.current(), Gfp::NOFS | Gfp::NOIO);
+    GLOBAL.memalloc_flags_restore(c);
+    drop(g);
+    assert_eq!(GLOBAL.current(), Gfp::KERNEL);
+}
+
+/// A filesystem-class cache of 256 KiB blocks of the small machine.
+struct FsCache {
+    blocks: Mutex<Vec<usize>>,
+    scans: AtomicUsize,
+}
+
+const BLK: usize = 256 << 10;
+
+fn blk() -> Layout {
+    Layout::from_size_align(BLK, 4096).unwrap()
+}
+
+impl Shrinker for FsCache {
+    fn name(&self) -> &str {
+        "kernel-fs-cache"
+    }
+    fn class(&self) -> ReclaimClass {
+        ReclaimClass::Fs
+    }
+    fn count(&self, _: &ShrinkControl) -> usize {
+        self.blocks.lock().unwrap().len()
+    }
+    fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
+        self.scans.fetch_add(1, Ordering::SeqCst);
+        let mut b = self.blocks.lock().unwrap();
+        let mut n = 0;
+        while n < sc.nr_to_scan {
+            let Some(a) = b.pop() else { break };
+            // SAFETY: a live block of the small machine.
+            unsafe { SMALL.dealloc_with(std::ptr::NonNull::new(a as *mut u8).unwrap(), blk()) };
+            n += 1;
+        }
+        ScanResult::Freed(n)
+    }
+}
+
+static CACHE: FsCache = FsCache { blocks: Mutex::new(Vec::new()), scans: AtomicUsize::new(0) };
+
+#[test]
+fn a_shrinker_under_a_small_region_and_nofs_honoured() {
+    let _s = small();
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        SMALL.register_shrinker(&CACHE).unwrap();
+    });
+    assert_eq!(SMALL.stats().limit, Some(SMALL_SIZE), "the region's size is the limit");
+    // Fill the cache until the region refuses.
+    while let Ok(p) = SMALL.alloc_with(blk(), Gfp::NORECLAIM | Gfp::NOWARN) {
+        CACHE.blocks.lock().unwrap().push(p.as_ptr() as usize);
+    }
+    let cached = CACHE.blocks.lock().unwrap().len();
+    // A 4 MiB segment for the slab's metadata shares the 8 MiB region.
+    assert!(cached >= 8, "{cached}");
+    let scans = CACHE.scans.load(Ordering::SeqCst);
+    // Inside NOFS the FS cache is never reclaimed: the allocation fails instead.
+    let nofs = SMALL.scope(Gfp::NOFS);
+    assert!(SMALL.alloc_with(blk(), Gfp::NORETRY | Gfp::NOWARN).is_err());
+    assert_eq!(CACHE.scans.load(Ordering::SeqCst), scans, "NOFS kept reclaim out of the FS cache");
+    drop(nofs);
+    // Without the scope, reclaim evicts from the cache and the allocation succeeds.
+    let p = SMALL.alloc_with(blk(), Gfp::KERNEL).expect("reclaim made room");
+    assert!(CACHE.scans.load(Ordering::SeqCst) > scans);
+    let s = SMALL.stats();
+    assert!(s.usage <= SMALL_SIZE && s.peak <= SMALL_SIZE, "{s}");
+    // SAFETY: live block.
+    unsafe { SMALL.dealloc_with(p, blk()) };
+    for a in std::mem::take(&mut *CACHE.blocks.lock().unwrap()) {
+        // SAFETY: live blocks.
+        unsafe { SMALL.dealloc_with(std::ptr::NonNull::new(a as *mut u8).unwrap(), blk()) };
+    }
+}
+
+#[test]
+fn a_mempool_makes_progress_when_the_region_is_exhausted() {
+    let _s = small();
+    let pool = SMALL.mempool(blk(), 2).unwrap();
+    let mut filler = Vec::new();
+    while let Ok(p) = SMALL.alloc_with(blk(), Gfp::NORECLAIM | Gfp::NOWARN) {
+        filler.push(p);
+    }
+    thread::scope(|s| {
+        for t in 0..4usize {
+            let pool = &pool;
+            s.spawn(move || {
+                for r in 0..500usize {
+                    let e = pool.alloc(Gfp::NOIO).expect("a sleeping mempool alloc never fails");
+                    // SAFETY: an element of ours; the mark proves exclusive use.
+                    unsafe {
+                        e.as_ptr().cast::<usize>().write(t << 32 | r);
+                        thread::yield_now();
+                        assert_eq!(e.as_ptr().cast::<usize>().read(), t << 32 | r);
+                        pool.free(e);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(pool.curr_nr(), 2);
+    for p in filler {
+        // SAFETY: live blocks.
+        unsafe { SMALL.dealloc_with(p, blk()) };
+    }
+}
+
+#[test]
+fn large_areas_are_contiguous_spans_of_the_region() {
+    let l = Layout::from_size_align(12 << 20, 1 << 20).unwrap();
+    let p = GLOBAL.alloc_with(l, Gfp::ZERO).unwrap();
+    assert_eq!(p.as_ptr() as usize % (1 << 20), 0);
+    // SAFETY: 12 MiB of ours.
+    unsafe {
+        assert!(std::slice::from_raw_parts(p.as_ptr(), 12 << 20).iter().all(|&b| b == 0));
+        p.as_ptr().write_bytes(0xA5, 12 << 20);
+        GLOBAL.dealloc_with(p, l);
+    }
+}
