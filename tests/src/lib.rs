@@ -271,3 +271,127 @@ pub fn limit_to(extra: usize) -> LimitGuard {
     ctxalloc::set_limit(Some(limit));
     LimitGuard(limit)
 }
+
+/// The kernel shim on the host: each thread plays a CPU.
+pub mod host {
+    use std::cell::Cell;
+    use std::sync::{Mutex, OnceLock};
+
+    /// CPU slots. A host thread takes a free one the first time it allocates and gives it back
+    /// when it exits (after its last allocation: a pthread key destructor runs after the
+    /// thread's Rust thread-local destructors), so the next thread runs on that "CPU" — with
+    /// its heap, as a new task on a real CPU would. Nothing here allocates.
+    pub const CPUS: usize = 256;
+
+    thread_local! {
+        static CPU: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    /// Free slots, a stack; `len` of them valid.
+    struct Free {
+        slots: [u16; CPUS],
+        len: usize,
+    }
+
+    static FREE: Mutex<Free> = Mutex::new(Free { slots: initial(), len: CPUS });
+
+    const fn initial() -> [u16; CPUS] {
+        let mut s = [0u16; CPUS];
+        let mut i = 0;
+        while i < CPUS {
+            s[i] = (CPUS - 1 - i) as u16;
+            i += 1;
+        }
+        s
+    }
+
+    static KEY: OnceLock<libc::pthread_key_t> = OnceLock::new();
+
+    extern "C" fn release(slot: *mut libc::c_void) {
+        let mut f = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let len = f.len;
+        f.slots[len] = (slot as usize - 1) as u16;
+        f.len += 1;
+    }
+
+    /// This thread's CPU slot.
+    pub fn cpu_id() -> usize {
+        CPU.with(|c| {
+            if c.get() == usize::MAX {
+                let key = *KEY.get_or_init(|| {
+                    let mut k = 0;
+                    // SAFETY: creates a key with a destructor that does not allocate.
+                    assert_eq!(unsafe { libc::pthread_key_create(&mut k, Some(release)) }, 0);
+                    k
+                });
+                let id = {
+                    let mut f = FREE.lock().unwrap_or_else(|e| e.into_inner());
+                    assert!(f.len > 0, "more live host threads than CPU slots");
+                    f.len -= 1;
+                    f.slots[f.len] as usize
+                };
+                // SAFETY: a non-null value for our key: the destructor gets it back at exit.
+                unsafe { libc::pthread_setspecific(key, (id + 1) as *mut libc::c_void) };
+                c.set(id);
+            }
+            c.get()
+        })
+    }
+
+    /// Writes a report to stderr without allocating.
+    pub fn report(msg: &str) {
+        // SAFETY: writes a buffer we own to stderr.
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    }
+
+    /// Nanoseconds since the first call.
+    pub fn now_ns() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    }
+
+    /// Defines a host platform type `$name` for `ctxalloc_kernel` with its own per-CPU contexts
+    /// (a context belongs to one allocator), optionally with a static early region of `$bytes`.
+    #[macro_export]
+    macro_rules! host_platform {
+        ($name:ident) => {
+            $crate::host_platform!(@define $name, None);
+        };
+        ($name:ident, region = $bytes:expr) => {
+            $crate::host_platform!(@define $name, {
+                static mut REGION: [u8; $bytes] = [0; $bytes];
+                Some(((&raw mut REGION).cast::<u8>(), $bytes))
+            });
+        };
+        (@define $name:ident, $region:expr) => {
+            /// A host platform: threads as CPUs.
+            pub struct $name;
+            // SAFETY: one context per host thread (slots are never reused); the early region,
+            // if any, is a static of this platform's own.
+            unsafe impl ::ctxalloc_kernel::Platform for $name {
+                fn context(&self) -> *const ::ctxalloc_kernel::ThreadCtx {
+                    static CTX: ::ctxalloc_kernel::PerCpu<{ $crate::host::CPUS }> =
+                        ::ctxalloc_kernel::PerCpu::new();
+                    CTX.get($crate::host::cpu_id())
+                }
+                fn early_region(&self) -> Option<(*mut u8, usize)> {
+                    $region
+                }
+                fn wait(&self, word: &::std::sync::atomic::AtomicU32, expected: u32, _timeout_ns: u64) {
+                    if word.load(::std::sync::atomic::Ordering::Acquire) == expected {
+                        ::std::thread::yield_now();
+                    }
+                }
+                fn now_ns(&self) -> u64 {
+                    $crate::host::now_ns()
+                }
+                fn report(&self, msg: &str) {
+                    $crate::host::report(msg);
+                }
+                fn relax(&self) {
+                    ::std::thread::yield_now();
+                }
+            }
+        };
+    }
+}
