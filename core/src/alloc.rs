@@ -158,6 +158,8 @@ impl<P: Platform> Core<P> {
     /// layout of its last realloc).
     #[inline(always)]
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // Sizes above a page go out of line even while no kvmalloc fallback is live: checking
+        // `kv_live` here costs the small sizes an instruction per free (measured: 65.0 → 66.0).
         if layout.size() <= KV_MIN && layout.align() <= MIN_ALIGN {
             // SAFETY: such a layout always lives in the slab.
             unsafe { self.slab_free(ptr) }
@@ -317,7 +319,7 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `ptr` is a live block of `layout` that the caller gives up if this returns `true`.
     unsafe fn kv_free(&self, ptr: *mut u8, layout: Layout) -> bool {
-        if layout.size() <= KV_MIN || self.kv_live.load(Ordering::Relaxed) == 0 {
+        if !self.kv_possible(layout) {
             return false;
         }
         // SAFETY: `ptr` is a live block; if it is registered as a vmap area, it is one, and the
@@ -329,9 +331,20 @@ impl<P: Platform> Core<P> {
         freed
     }
 
-    /// Whether `ptr`, a live block of the slab-sized `layout`, is a kvmalloc fallback.
-    fn is_kv(&self, ptr: *const u8, layout: Layout) -> bool {
-        layout.size() > KV_MIN && self.kv_live.load(Ordering::Relaxed) != 0 && self.vmap_usable(ptr) != 0
+    /// If `ptr`, a live block of the slab-sized `layout`, is a kvmalloc fallback: its area's
+    /// length; otherwise 0.
+    fn kv_len(&self, ptr: *const u8, layout: Layout) -> usize {
+        if !self.kv_possible(layout) {
+            return 0;
+        }
+        self.vmap_usable(ptr)
+    }
+
+    /// Whether a block of the slab-sized `layout` may be a kvmalloc fallback: it is above a page
+    /// and some fallback is live.
+    #[inline]
+    fn kv_possible(&self, layout: Layout) -> bool {
+        layout.size() > KV_MIN && self.kv_live.load(Ordering::Relaxed) != 0
     }
 
     /// Resizes a block (`GlobalAlloc::realloc`): in place when the new size still fits the slab
@@ -371,7 +384,7 @@ impl<P: Platform> Core<P> {
     unsafe fn realloc_move(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
         let align = layout.align();
         match (class_for(layout.size(), align), class_for(new_size, align)) {
-            (Some(_), _) if self.is_kv(ptr, layout) => {}
+            (Some(_), _) if self.kv_len(ptr, layout) != 0 => {}
             (Some(_), Some(new_class)) => {
                 // SAFETY: a live slab block.
                 let block = unsafe { (*self.page_of(ptr.addr())).block_size } as usize;
@@ -410,9 +423,11 @@ impl<P: Platform> Core<P> {
     /// `ptr` is a live block of this allocator with `layout`.
     pub unsafe fn usable_size(&self, ptr: *const u8, layout: Layout) -> usize {
         match class_for(layout.size(), layout.align()) {
-            Some(_) if self.is_kv(ptr, layout) => self.vmap_usable(ptr),
-            // SAFETY: a live slab block.
-            Some(_) => unsafe { (*self.page_of(ptr.addr())).block_size as usize },
+            Some(_) => match self.kv_len(ptr, layout) {
+                // SAFETY: a live slab block.
+                0 => unsafe { (*self.page_of(ptr.addr())).block_size as usize },
+                n => n,
+            },
             None => self.vmap_usable(ptr),
         }
     }

@@ -23,25 +23,6 @@ pub(crate) struct Accounting {
     pub(crate) reserve_uses: AtomicUsize,
 }
 
-/// The emergency reserve under a limit: 1/32 of it, at least 256 KiB, at most 64 MiB, never
-/// more than half the limit.
-#[inline]
-pub(crate) const fn reserve_of(limit: usize) -> usize {
-    let r = limit / 32;
-    let r = if r < 256 << 10 {
-        256 << 10
-    } else if r > 64 << 20 {
-        64 << 20
-    } else {
-        r
-    };
-    if r < limit / 2 {
-        r
-    } else {
-        limit / 2
-    }
-}
-
 /// The emergency reserve below a memory limit of `limit` bytes: 1/32 of it, at least 256 KiB,
 /// at most 64 MiB (and at most half the limit). Plain allocations stop at `limit` minus this.
 ///
@@ -49,8 +30,9 @@ pub(crate) const fn reserve_of(limit: usize) -> usize {
 /// assert_eq!(ctxalloc_core::emergency_reserve(64 << 20), 2 << 20);
 /// assert_eq!(ctxalloc_core::emergency_reserve(1 << 20), 256 << 10);
 /// ```
-pub const fn emergency_reserve(limit: usize) -> usize {
-    reserve_of(limit)
+#[inline]
+pub fn emergency_reserve(limit: usize) -> usize {
+    (limit / 32).clamp(256 << 10, 64 << 20).min(limit / 2)
 }
 
 impl Accounting {
@@ -67,7 +49,7 @@ impl Accounting {
     /// NOFAIL may use half the reserve, MEMALLOC all of it, NOMEMALLOC none (DESIGN.md).
     #[inline]
     fn ceiling(limit: usize, level: Reserve) -> usize {
-        let r = reserve_of(limit);
+        let r = emergency_reserve(limit);
         match level {
             Reserve::None => limit - r,
             Reserve::Half => limit - r / 2,

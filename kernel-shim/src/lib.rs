@@ -89,8 +89,9 @@ impl<P: Platform> KernelAlloc<P> {
         &self.core
     }
 
+    /// Runs `f` between the platform's `enter` and `leave`.
     #[inline(always)]
-    fn on_cpu<R>(&self, f: impl FnOnce(&Core<Region<P>>) -> R) -> R {
+    fn on_cpu<'a, R>(&'a self, f: impl FnOnce(&'a Core<Region<P>>) -> R) -> R {
         let p = self.core.platform().platform();
         let token = p.enter();
         let r = f(&self.core);
@@ -175,11 +176,7 @@ impl<P: Platform> KernelAlloc<P> {
     /// [`AllocError`] if the preallocation fails.
     #[track_caller]
     pub fn mempool(&self, layout: Layout, min_nr: usize) -> Result<Mempool<'_, Region<P>>, AllocError> {
-        let p = self.core.platform().platform();
-        let token = p.enter();
-        let pool = Mempool::new(&self.core, layout, min_nr);
-        p.leave(token);
-        pool
+        self.on_cpu(|c| Mempool::new(c, layout, min_nr))
     }
 
     /// A snapshot of the allocator's state.

@@ -32,24 +32,6 @@ impl Flagged {
         let p = CORE.alloc_with(layout, self.0 | extra).map_err(|_| AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
-
-    /// Resizes `ptr` from `old` to `new` (same alignment: in place or by remap when it can).
-    ///
-    /// # Safety
-    /// `ptr` is a live block of `old`; `new.align() == old.align()`.
-    #[track_caller]
-    unsafe fn resize(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-        extra: Gfp,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded; on failure the old block is untouched.
-        let p = unsafe { CORE.realloc_gfp(ptr.as_ptr(), old, new.size(), self.0 | extra) };
-        let p = NonNull::new(p).ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, new.size()))
-    }
 }
 
 // SAFETY: blocks are live until deallocated, fit their layouts, and any handle frees any block
@@ -95,8 +77,9 @@ unsafe impl Allocator for Flagged {
 }
 
 impl Flagged {
-    /// Grows or shrinks a block: resized (in place or by remap when it can) for the same
-    /// alignment, moved otherwise. With ZERO the bytes beyond the old size read as zero.
+    /// Grows or shrinks a block: for the same alignment through `realloc_with` (in place or by
+    /// remap when it can), otherwise allocate, copy, free. With ZERO the bytes beyond the old
+    /// size read as zero.
     ///
     /// # Safety
     /// `ptr` is a live block of `old`.
@@ -109,25 +92,10 @@ impl Flagged {
         extra: Gfp,
     ) -> Result<NonNull<[u8]>, AllocError> {
         if new.align() == old.align() {
-            // SAFETY: the caller's contract; same alignment.
-            return unsafe { self.resize(ptr, old, new, extra) };
+            // SAFETY: the caller's contract; on failure the old block is untouched.
+            let p = unsafe { CORE.realloc_gfp(ptr.as_ptr(), old, new.size(), self.0 | extra) };
+            return Ok(NonNull::slice_from_raw_parts(NonNull::new(p).ok_or(AllocError)?, new.size()));
         }
-        // SAFETY: the caller's contract.
-        unsafe { self.move_to(ptr, old, new, extra) }
-    }
-
-    /// Moves a block to a new layout of another alignment: allocate, copy, free.
-    ///
-    /// # Safety
-    /// `ptr` is a live block of `old`.
-    #[track_caller]
-    unsafe fn move_to(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-        extra: Gfp,
-    ) -> Result<NonNull<[u8]>, AllocError> {
         let p = self.allocate_with(new, extra)?;
         // SAFETY: both blocks are live and distinct; copy what both hold, then free the old.
         unsafe {

@@ -48,7 +48,9 @@ pub use scope::{
     memalloc_nofs_restore, memalloc_nofs_save, memalloc_noio_restore, memalloc_noio_save,
     memalloc_noreclaim_restore, memalloc_noreclaim_save, scope, with_scope, ScopeGuard,
 };
-pub use scoped_lock::{ScopedMutex, ScopedMutexGuard, ScopedReadGuard, ScopedRwLock, ScopedWriteGuard};
+pub use scoped_lock::{
+    ScopedGuard, ScopedMutex, ScopedMutexGuard, ScopedReadGuard, ScopedRwLock, ScopedWriteGuard,
+};
 
 use ctxalloc_core::Core;
 use platform::StdPlatform;

@@ -84,14 +84,14 @@ impl<T: ?Sized> ScopedMutex<T> {
     /// Takes the lock (blocking), then enters the scope.
     pub fn lock(&self) -> ScopedMutexGuard<'_, T> {
         let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        ScopedMutexGuard { held: Held::enter(self.flags), guard }
+        ScopedGuard::new(guard, self.flags)
     }
 
     /// Takes the lock if it is free, entering the scope. A shrinker's way in: a shrinker must
     /// never block on a lock that an allocating thread may hold.
     pub fn try_lock(&self) -> Option<ScopedMutexGuard<'_, T>> {
         let guard = acquired(self.inner.try_lock())?;
-        Some(ScopedMutexGuard { held: Held::enter(self.flags), guard })
+        Some(ScopedGuard::new(guard, self.flags))
     }
 
     /// The value, through a unique reference (no locking, no scope).
@@ -106,34 +106,45 @@ impl<T: fmt::Debug> fmt::Debug for ScopedMutex<T> {
     }
 }
 
-/// The guard of a [`ScopedMutex`]: the lock and the scope. Dropping it leaves the scope, then
-/// releases the lock.
+/// A lock guard with the scope it holds: what `ScopedMutex` and `ScopedRwLock` hand out. Dropping
+/// it leaves the scope, then releases the lock. Not `Send`: the scope belongs to this thread.
 #[must_use = "the lock and its scope are released when the guard drops"]
-pub struct ScopedMutexGuard<'a, T: ?Sized> {
+pub struct ScopedGuard<G> {
     // Field order is drop order: the scope is left before the lock is released.
     held: Held,
-    guard: MutexGuard<'a, T>,
+    guard: G,
 }
 
-impl<T: ?Sized> ScopedMutexGuard<'_, T> {
+impl<G> ScopedGuard<G> {
+    fn new(guard: G, flags: Gfp) -> Self {
+        ScopedGuard { held: Held::enter(flags), guard }
+    }
+
     /// The scope this guard holds.
     pub fn flags(&self) -> Gfp {
         self.held.flags
     }
 }
 
-impl<T: ?Sized> Deref for ScopedMutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
+impl<G: Deref> Deref for ScopedGuard<G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
         &self.guard
     }
 }
 
-impl<T: ?Sized> DerefMut for ScopedMutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
+impl<G: DerefMut> DerefMut for ScopedGuard<G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
         &mut self.guard
     }
 }
+
+/// The guard of a [`ScopedMutex`].
+pub type ScopedMutexGuard<'a, T> = ScopedGuard<MutexGuard<'a, T>>;
+/// The shared guard of a [`ScopedRwLock`].
+pub type ScopedReadGuard<'a, T> = ScopedGuard<RwLockReadGuard<'a, T>>;
+/// The exclusive guard of a [`ScopedRwLock`].
+pub type ScopedWriteGuard<'a, T> = ScopedGuard<RwLockWriteGuard<'a, T>>;
 
 /// A reader-writer lock whose holders — readers and writers alike — allocate inside a scope (a
 /// shrinker that needs the write lock must not be entered by a reader's allocation either).
@@ -174,78 +185,30 @@ impl<T: ?Sized> ScopedRwLock<T> {
     /// Takes the lock shared, then enters the scope.
     pub fn read(&self) -> ScopedReadGuard<'_, T> {
         let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        ScopedReadGuard { held: Held::enter(self.flags), guard }
+        ScopedGuard::new(guard, self.flags)
     }
 
     /// Takes the lock exclusively, then enters the scope.
     pub fn write(&self) -> ScopedWriteGuard<'_, T> {
         let guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        ScopedWriteGuard { held: Held::enter(self.flags), guard }
+        ScopedGuard::new(guard, self.flags)
     }
 
     /// Takes the lock shared if no writer holds it.
     pub fn try_read(&self) -> Option<ScopedReadGuard<'_, T>> {
         let guard = acquired(self.inner.try_read())?;
-        Some(ScopedReadGuard { held: Held::enter(self.flags), guard })
+        Some(ScopedGuard::new(guard, self.flags))
     }
 
     /// Takes the lock exclusively if it is free.
     pub fn try_write(&self) -> Option<ScopedWriteGuard<'_, T>> {
         let guard = acquired(self.inner.try_write())?;
-        Some(ScopedWriteGuard { held: Held::enter(self.flags), guard })
+        Some(ScopedGuard::new(guard, self.flags))
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for ScopedRwLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScopedRwLock").field("flags", &self.flags).field("inner", &self.inner).finish()
-    }
-}
-
-/// Shared guard of a [`ScopedRwLock`].
-#[must_use = "the lock and its scope are released when the guard drops"]
-pub struct ScopedReadGuard<'a, T: ?Sized> {
-    held: Held,
-    guard: RwLockReadGuard<'a, T>,
-}
-
-/// Exclusive guard of a [`ScopedRwLock`].
-#[must_use = "the lock and its scope are released when the guard drops"]
-pub struct ScopedWriteGuard<'a, T: ?Sized> {
-    held: Held,
-    guard: RwLockWriteGuard<'a, T>,
-}
-
-impl<T: ?Sized> ScopedReadGuard<'_, T> {
-    /// The scope this guard holds.
-    pub fn flags(&self) -> Gfp {
-        self.held.flags
-    }
-}
-
-impl<T: ?Sized> ScopedWriteGuard<'_, T> {
-    /// The scope this guard holds.
-    pub fn flags(&self) -> Gfp {
-        self.held.flags
-    }
-}
-
-impl<T: ?Sized> Deref for ScopedReadGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T: ?Sized> Deref for ScopedWriteGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T: ?Sized> DerefMut for ScopedWriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
     }
 }

@@ -7,6 +7,7 @@ use ctxalloc::{Flagged, Gfp, Mempool, ReclaimClass, ScanResult, ShrinkControl, S
 use ctxalloc::{ScopedMutex, ScopedRwLock};
 use ctxalloc_tests::{assert_child_passes, is_child, limit_to, run_child_env};
 use std::alloc::Layout;
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -107,9 +108,54 @@ struct Pattern<L> {
     evicted: AtomicUsize,
 }
 
-struct CacheShrinker<L: 'static>(Arc<Pattern<L>>, fn(&L) -> Option<usize>);
+/// The cache's lock: a `ScopedMutex` (the pattern done right) or a plain `Mutex` (the control).
+trait CacheLock: Send + Sync + 'static {
+    fn lock(&self) -> impl DerefMut<Target = Vec<Vec<u8>>> + '_;
+    fn try_lock(&self) -> Option<impl DerefMut<Target = Vec<Vec<u8>>> + '_>;
+}
 
-impl<L: Send + Sync> Shrinker for CacheShrinker<L> {
+impl CacheLock for ScopedMutex<Vec<Vec<u8>>> {
+    fn lock(&self) -> impl DerefMut<Target = Vec<Vec<u8>>> + '_ {
+        ScopedMutex::lock(self)
+    }
+    fn try_lock(&self) -> Option<impl DerefMut<Target = Vec<Vec<u8>>> + '_> {
+        ScopedMutex::try_lock(self)
+    }
+}
+
+impl CacheLock for Mutex<Vec<Vec<u8>>> {
+    fn lock(&self) -> impl DerefMut<Target = Vec<Vec<u8>>> + '_ {
+        Mutex::lock(self).unwrap()
+    }
+    fn try_lock(&self) -> Option<impl DerefMut<Target = Vec<Vec<u8>>> + '_> {
+        Mutex::try_lock(self).ok()
+    }
+}
+
+impl<L: CacheLock> Pattern<L> {
+    /// Pushes `blocks` (allocated while the lock is held) with the lock held, as its holder.
+    fn push_holding(&self, blocks: impl Iterator<Item = Vec<u8>>) {
+        let mut g = self.cache.lock();
+        self.holder.store(me(), Ordering::SeqCst);
+        for b in blocks {
+            g.push(b);
+        }
+        self.holder.store(0, Ordering::SeqCst);
+    }
+
+    /// Evicts the oldest entry if the lock is free; whether it did.
+    fn evict(&self) -> bool {
+        let Some(mut g) = self.cache.try_lock() else { return false };
+        !g.is_empty() && {
+            drop(g.remove(0));
+            true
+        }
+    }
+}
+
+struct CacheShrinker<L: 'static>(Arc<Pattern<L>>);
+
+impl<L: CacheLock> Shrinker for CacheShrinker<L> {
     fn name(&self) -> &str {
         "pattern-cache"
     }
@@ -129,7 +175,7 @@ impl<L: Send + Sync> Shrinker for CacheShrinker<L> {
             p.recursions.fetch_add(1, Ordering::SeqCst);
             return ScanResult::Stop;
         }
-        match (0..sc.nr_to_scan).map_while(|_| (self.1)(&p.cache)).count() {
+        match (0..sc.nr_to_scan).take_while(|_| p.evict()).count() {
             0 => ScanResult::Stop,
             n => {
                 p.evicted.fetch_add(n, Ordering::SeqCst);
@@ -168,13 +214,8 @@ impl Shrinker for Probe {
 }
 
 /// Runs the pattern: fill the cache to the limit from outside the lock, then allocate while
-/// holding it. Returns (recursions, probe calls on the holder, evictions).
-fn run_pattern<L: Send + Sync + 'static>(
-    cache: L,
-    insert: fn(&L, Vec<u8>, &AtomicU64),
-    evict: fn(&L) -> Option<usize>,
-    hold_and_allocate: fn(&L, &AtomicU64, usize),
-) -> (usize, usize, usize) {
+/// holding it. Returns (recursions, probe calls on the holder).
+fn run_pattern<L: CacheLock>(cache: L) -> (usize, usize) {
     let holder = Arc::new(AtomicU64::new(0));
     let p = Arc::new(Pattern {
         cache,
@@ -188,23 +229,20 @@ fn run_pattern<L: Send + Sync + 'static>(
         holder_of: holder.clone(),
         on_holder: AtomicUsize::new(0),
     });
-    let _c = ctxalloc::register_shrinker(Arc::new(CacheShrinker(p.clone(), evict)));
+    let _c = ctxalloc::register_shrinker(Arc::new(CacheShrinker(p.clone())));
     let _p = ctxalloc::register_shrinker(probe.clone());
     let _limit = limit_to(4 << 20);
     // Outside the lock: plain allocations, reclaim may evict from the cache.
     for _ in 0..100 {
         let b = vec![2u8; BUF];
-        insert(&p.cache, b, &p.holder);
+        p.push_holding(std::iter::once(b));
         p.len.fetch_add(1, Ordering::SeqCst);
     }
     assert!(p.evicted.load(Ordering::SeqCst) > 0, "filling past the limit evicted from the cache");
-    // Holding the lock: every allocation needs reclaim.
-    hold_and_allocate(&p.cache, &p.holder, 8);
-    (
-        p.recursions.load(Ordering::SeqCst),
-        probe.on_holder.load(Ordering::SeqCst),
-        p.evicted.load(Ordering::SeqCst),
-    )
+    // Holding the lock: every allocation needs reclaim. No scope call: a `ScopedMutex` carries
+    // NOFS, a plain `Mutex` nothing.
+    p.push_holding((0..8).map(|_| vec![3u8; BUF]));
+    (p.recursions.load(Ordering::SeqCst), probe.on_holder.load(Ordering::SeqCst))
 }
 
 #[test]
@@ -217,28 +255,7 @@ fn child_pattern_scoped() {
     if !is_child("child_pattern_scoped") {
         return;
     }
-    type L = ScopedMutex<Vec<Vec<u8>>>;
-    let (recursions, on_holder, _) = run_pattern::<L>(
-        ScopedMutex::new(Vec::new(), Gfp::NOFS),
-        |c, b, holder| {
-            let mut g = c.lock();
-            holder.store(me(), Ordering::SeqCst);
-            g.push(b);
-            holder.store(0, Ordering::SeqCst);
-        },
-        |c| {
-            let mut g = c.try_lock()?;
-            (!g.is_empty()).then(|| drop(g.remove(0))).map(|_| 1)
-        },
-        |c, holder, n| {
-            let mut g = c.lock();
-            holder.store(me(), Ordering::SeqCst);
-            for _ in 0..n {
-                g.push(vec![3u8; BUF]); // no scope call: the lock carries NOFS
-            }
-            holder.store(0, Ordering::SeqCst);
-        },
-    );
+    let (recursions, on_holder) = run_pattern(ScopedMutex::new(Vec::new(), Gfp::NOFS));
     assert_eq!(recursions, 0, "the FS shrinker never ran on the lock holder");
     assert!(on_holder > 0, "reclaim did run on the holder (it reclaimed from the probe)");
 }
@@ -255,28 +272,7 @@ fn child_pattern_plain() {
     if !is_child("child_pattern_plain") {
         return;
     }
-    type L = Mutex<Vec<Vec<u8>>>;
-    let (recursions, _, _) = run_pattern::<L>(
-        Mutex::new(Vec::new()),
-        |c, b, holder| {
-            let mut g = c.lock().unwrap();
-            holder.store(me(), Ordering::SeqCst);
-            g.push(b);
-            holder.store(0, Ordering::SeqCst);
-        },
-        |c| {
-            let mut g = c.try_lock().ok()?;
-            (!g.is_empty()).then(|| drop(g.remove(0))).map(|_| 1)
-        },
-        |c, holder, n| {
-            let mut g = c.lock().unwrap();
-            holder.store(me(), Ordering::SeqCst);
-            for _ in 0..n {
-                g.push(vec![3u8; BUF]);
-            }
-            holder.store(0, Ordering::SeqCst);
-        },
-    );
+    let (recursions, _) = run_pattern(Mutex::new(Vec::new()));
     assert!(recursions > 0, "without NOFS, reclaim entered the FS shrinker on the holder");
 }
 

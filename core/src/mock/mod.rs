@@ -56,8 +56,6 @@ pub struct MockPlatform {
     clock: AtomicU64,
     /// Calls of `background_wanted`.
     background_wakeups: AtomicUsize,
-    /// Calls of `wake_all`.
-    wakes: AtomicUsize,
     /// Distinguishes mock instances in the per-thread context table.
     id: usize,
 }
@@ -115,7 +113,6 @@ impl MockPlatform {
             echo: std::env::var_os("CTXALLOC_MOCK_ECHO").is_some(),
             clock: AtomicU64::new(0),
             background_wakeups: AtomicUsize::new(0),
-            wakes: AtomicUsize::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -144,11 +141,6 @@ impl MockPlatform {
     /// scope looked like from the page source.
     pub fn map_contexts(&self) -> Vec<Gfp> {
         self.map_contexts.lock().unwrap().clone()
-    }
-
-    /// How often the core woke waiters (`wake_all`).
-    pub fn wakes(&self) -> usize {
-        self.wakes.load(Ordering::Relaxed)
     }
 
     /// How often the core asked for background reclaim (there is no background thread here:
@@ -328,9 +320,7 @@ unsafe impl Platform for MockPlatform {
         }
     }
 
-    fn wake_all(&self, _word: &AtomicU32) {
-        self.wakes.fetch_add(1, Ordering::Relaxed);
-    }
+    fn wake_all(&self, _word: &AtomicU32) {}
 
     fn background_wanted(&self) {
         self.background_wakeups.fetch_add(1, Ordering::Relaxed);

@@ -75,7 +75,7 @@ fn kvmalloc_falls_back_to_vmap_and_frees_go_to_the_owner() {
     free_blocks(core, std::vec![core.alloc_with(block(), Gfp::KERNEL).unwrap().as_ptr().addr()]);
     let u = core.usage();
     let mut limit = u + (32 << 10);
-    while limit - crate::page::reserve_of(limit) < u + (32 << 10) {
+    while limit - crate::emergency_reserve(limit) < u + (32 << 10) {
         limit += 4096;
     }
     core.set_limit(Some(limit));

@@ -166,7 +166,7 @@ pub(super) fn free_blocks(core: &Core<MockPlatform>, v: Vec<usize>) {
 fn each_context_stops_at_its_ceiling() {
     let core = leaked_core(64, 32);
     let limit = 32 << 20;
-    let reserve = crate::page::reserve_of(limit);
+    let reserve = crate::emergency_reserve(limit);
     let plain = fill_to_limit(core);
     let u = core.usage();
     assert!(u <= limit - reserve && u + 2 * BLOCK > limit - reserve, "plain stops at limit − reserve: {u}");
@@ -344,7 +344,7 @@ fn nofail_waits_until_another_thread_frees() {
     let nofail_in_reserve = core.alloc_with(block(), Gfp::KERNEL).unwrap(); // takes the reserve
     let mut extra = Vec::new();
     // Use up the NOFAIL share of the reserve.
-    while core.stats().usage + BLOCK <= (16 << 20) - crate::page::reserve_of(16 << 20) / 2 {
+    while core.stats().usage + BLOCK <= (16 << 20) - crate::emergency_reserve(16 << 20) / 2 {
         extra.push(core.alloc_with(block(), Gfp::KERNEL).unwrap().as_ptr().addr());
     }
     thread::scope(|s| {

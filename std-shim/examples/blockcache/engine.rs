@@ -401,6 +401,19 @@ impl Store {
         (!self.no_scopes).then(|| ctxalloc::scope(flags))
     }
 
+    /// A shrinker's way into one of the store's locks: the guard, or `None` (the shrinker
+    /// stops) — a self-deadlock it would have caused is recorded as the run's failure.
+    fn lock_for_shrinker<'a, T>(
+        &self,
+        lock: &'a Owned<T>,
+        shrinker: &'static str,
+    ) -> Option<OwnedGuard<'a, T>> {
+        lock.try_lock_from_shrinker(shrinker).unwrap_or_else(|f| {
+            self.fail(f);
+            None
+        })
+    }
+
     fn fail(&self, f: Failure) {
         let mut slot = self.failure.lock().unwrap();
         if slot.is_none() {
@@ -511,14 +524,7 @@ impl Shrinker for CacheShrinker {
     }
     fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
         let s = &self.0;
-        let mut c = match s.cache.try_lock_from_shrinker("block-cache") {
-            Ok(Some(c)) => c,
-            Ok(None) => return ScanResult::Stop,
-            Err(f) => {
-                s.fail(f);
-                return ScanResult::Stop;
-            }
-        };
+        let Some(mut c) = s.lock_for_shrinker(&s.cache, "block-cache") else { return ScanResult::Stop };
         let mut n = 0;
         while n < sc.nr_to_scan && c.evict() {
             n += 1;
@@ -544,14 +550,7 @@ impl Shrinker for WriteBackShrinker {
     }
     fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
         let s = &self.0;
-        let mut w = match s.writeback.try_lock_from_shrinker("write-back") {
-            Ok(Some(w)) => w,
-            Ok(None) => return ScanResult::Stop,
-            Err(f) => {
-                s.fail(f);
-                return ScanResult::Stop;
-            }
-        };
+        let Some(mut w) = s.lock_for_shrinker(&s.writeback, "write-back") else { return ScanResult::Stop };
         match s.write_back(&mut w, sc.nr_to_scan) {
             Ok(n) => {
                 s.written_back.fetch_add(n as u64, Ordering::Relaxed);
