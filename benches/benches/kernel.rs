@@ -2,14 +2,15 @@
 //! 64 MiB region of its own, in one criterion run: `KernelAlloc` (threads as CPUs),
 //! `linked_list_allocator::LockedHeap` and `talc` (`Talck` over a spin lock). Before the timings
 //! it prints each one's heap efficiency: the most bytes a random workload held live before the
-//! first refusal, as a share of the region.
+//! first refusal, as a share of the region. Workloads: mixed small sizes with random lifetimes
+//! (64 and 4096 live), same-size churn (the list allocators' best case), larson on two threads,
+//! and an all-cross-thread exchange on two threads.
 //!
 //! `cargo bench -p ctxalloc-benches --bench kernel`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ctxalloc_benches::{churn, producer_consumer, Slots};
-use ctxalloc_kernel::KernelAlloc;
-use ctxalloc_tests::Rng;
+use ctxalloc_benches::{churn, exchange, larson, mixed_churn, Rng, Slots};
+use ctxalloc_kernel::{KernelAlloc, SEGMENT_SIZE};
 use linked_list_allocator::LockedHeap;
 use std::alloc::{GlobalAlloc, Layout};
 use talc::{ErrOnOom, Span, Talc, Talck};
@@ -21,15 +22,28 @@ const NAMES: [&str; 3] = ["ctxalloc-kernel", "talc", "linked_list"];
 ctxalloc_tests::host_platform!(ChurnCpus);
 ctxalloc_tests::host_platform!(RingCpus);
 ctxalloc_tests::host_platform!(FillCpus);
+ctxalloc_tests::host_platform!(SkewedCpus);
+ctxalloc_tests::host_platform!(LarsonCpus);
 
-fn region() -> *mut u8 {
-    Box::leak(vec![0u8; REGION].into_boxed_slice()).as_mut_ptr()
+/// A leaked, zeroed region of `REGION` bytes, `skew` bytes past a segment boundary: 0 is what
+/// an embedder's segment-aligned static gives; a skewed region loses its unaligned ends to
+/// everything but large (vmap) areas.
+fn region(skew: usize) -> *mut u8 {
+    let l = Layout::from_size_align(REGION + SEGMENT_SIZE, SEGMENT_SIZE).unwrap();
+    // SAFETY: a non-zero layout; leaked, ours for ever.
+    let base = unsafe { std::alloc::alloc_zeroed(l) };
+    assert!(!base.is_null());
+    base.wrapping_add(skew)
 }
 
 fn kernel<P: ctxalloc_kernel::Platform + 'static>(p: P) -> &'static KernelAlloc<P> {
+    kernel_at(p, 0)
+}
+
+fn kernel_at<P: ctxalloc_kernel::Platform + 'static>(p: P, skew: usize) -> &'static KernelAlloc<P> {
     let k = Box::leak(Box::new(KernelAlloc::new(p)));
     // SAFETY: a leaked region, ours for ever.
-    unsafe { k.init(region(), REGION) };
+    unsafe { k.init(region(skew), REGION) };
     // A benchmark measures the allocator, not reclaim: no limit.
     k.core().set_limit(None);
     k
@@ -38,14 +52,14 @@ fn kernel<P: ctxalloc_kernel::Platform + 'static>(p: P) -> &'static KernelAlloc<
 fn talc() -> &'static Talck<spin::Mutex<()>, ErrOnOom> {
     let t = Box::leak(Box::new(Talc::new(ErrOnOom).lock::<spin::Mutex<()>>()));
     // SAFETY: a leaked region, ours for ever.
-    unsafe { t.lock().claim(Span::from_base_size(region(), REGION)) }.unwrap();
+    unsafe { t.lock().claim(Span::from_base_size(region(0), REGION)) }.unwrap();
     t
 }
 
 fn linked_list() -> &'static LockedHeap {
     let h = Box::leak(Box::new(LockedHeap::empty()));
     // SAFETY: a leaked region, ours for ever.
-    unsafe { h.lock().init(region(), REGION) };
+    unsafe { h.lock().init(region(0), REGION) };
     h
 }
 
@@ -106,20 +120,25 @@ fn efficiency<A: GlobalAlloc>(a: &A) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    println!("heap efficiency (most bytes live before the first refusal ÷ 64 MiB region):");
+    println!("heap efficiency (most bytes live before the first refusal ÷ 64 MiB region, segment-aligned):");
     for name in NAMES {
         let e = with_region_allocator!(name, FillCpus, |a| efficiency(a));
         println!("  {name:<16} {:.1} %", 100.0 * e);
     }
+    let skewed = efficiency(kernel_at(SkewedCpus, SEGMENT_SIZE / 2));
+    println!("  ctxalloc-kernel, region off segment alignment by 2 MiB: {:.1} %", 100.0 * skewed);
 
-    let mut g = c.benchmark_group("kernel_churn_16_256B");
+    // Mixed small sizes, random lifetimes: a random live block freed, one of a random size
+    // allocated — the heap fragments as a kernel's does.
+    let mut g = c.benchmark_group("kernel_mixed_16_256B");
     g.throughput(Throughput::Elements(1));
     for live in [64usize, 4096] {
         for name in NAMES {
             g.bench_function(BenchmarkId::new(name, live), |b| {
                 with_region_allocator!(name, ChurnCpus, |a| {
                     let mut s = Slots::new(a, live, &SIZES);
-                    b.iter(|| churn(a, &mut s, 1));
+                    let mut rng = Rng::new(live as u64);
+                    b.iter(|| mixed_churn(a, &mut s, &SIZES, &mut rng, 1));
                     s.free(a);
                 })
             });
@@ -127,13 +146,43 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("kernel_producer_consumer");
-    const N: usize = 100_000;
-    g.throughput(Throughput::Elements(N as u64));
+    // The friendliest case for a list allocator: the oldest block freed, one of the same size
+    // allocated at once (it refills the hole just made).
+    let mut g = c.benchmark_group("kernel_same_size_churn_16_256B");
+    g.throughput(Throughput::Elements(1));
+    for name in NAMES {
+        g.bench_function(BenchmarkId::new(name, 4096), |b| {
+            with_region_allocator!(name, ChurnCpus, |a| {
+                let mut s = Slots::new(a, 4096, &SIZES);
+                b.iter(|| churn(a, &mut s, 1));
+                s.free(a);
+            })
+        });
+    }
+    g.finish();
+
+    // Larson on two threads (two CPUs): 1000 live blocks each, 10 000 random replacements a
+    // round, then the sets change hands — most frees local, the survivors' cross-CPU.
+    let mut g = c.benchmark_group("kernel_larson_2_threads");
+    g.throughput(Throughput::Elements(2 * 10 * 10_000));
     g.sample_size(20);
     for name in NAMES {
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
-            with_region_allocator!(name, RingCpus, |a| b.iter(|| producer_consumer(a, N)))
+            with_region_allocator!(name, LarsonCpus, |a| b.iter(|| larson(a, 2, 1000, 10, 10_000, &SIZES)))
+        });
+    }
+    g.finish();
+
+    // Two threads (two CPUs), each freeing everything the other allocated, in batches of 2048:
+    // the worst case for per-CPU caches, every free a cross-CPU one.
+    let mut g = c.benchmark_group("kernel_exchange_2_threads");
+    const ROUNDS: usize = 25;
+    const BATCH: usize = 2048;
+    g.throughput(Throughput::Elements((2 * ROUNDS * BATCH) as u64));
+    g.sample_size(20);
+    for name in NAMES {
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            with_region_allocator!(name, RingCpus, |a| b.iter(|| exchange(a, 2, ROUNDS, BATCH, &SIZES)))
         });
     }
     g.finish();

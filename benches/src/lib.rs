@@ -9,8 +9,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
+
+pub use ctxalloc_tests::Rng;
 
 /// An allocator reached through one out-of-line call, as a global allocator is.
 pub struct Called<A>(pub A);
@@ -110,6 +112,121 @@ pub fn churn<A: GlobalAlloc>(a: &A, s: &mut Slots, iters: usize) {
             s.next = 0;
         }
     }
+}
+
+/// Single-thread random churn over mixed sizes: `iters` times, free a random live block and
+/// allocate one of a random size from `sizes` in its place. Unlike [`churn`], the new block
+/// rarely fits the hole just made, so the live set fragments the way a real heap does.
+#[inline(never)]
+pub fn mixed_churn<A: GlobalAlloc>(a: &A, s: &mut Slots, sizes: &[usize], rng: &mut Rng, iters: usize) {
+    let n = s.slots.len() as u64;
+    for _ in 0..iters {
+        let i = rng.below(n) as usize;
+        let (p, _) = s.slots[i];
+        let l = Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8).unwrap();
+        // SAFETY: a live block of the slot's layout, replaced by a fresh one.
+        unsafe {
+            a.dealloc(p, s.slots[i].1);
+            let q = a.alloc(l);
+            black_box(q);
+            s.slots[i] = (q, l);
+        }
+    }
+}
+
+/// Larson (mimalloc-bench's larsonN, as a server's worker threads): `threads` threads in a ring,
+/// each with `slots` live blocks of mixed sizes; each round a thread replaces `ops` random blocks
+/// of its set, then hands the whole set to its successor and takes over its predecessor's. The
+/// survivors of a generation are freed by the next thread: part of the frees are cross-thread,
+/// most are local, as in a real server.
+pub fn larson<A: GlobalAlloc + Sync>(
+    a: &A,
+    threads: usize,
+    slots: usize,
+    rounds: usize,
+    ops: usize,
+    sizes: &[usize],
+) {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::sync_channel::<Batch>(1)).unzip();
+    thread::scope(|sc| {
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let tx = txs[(i + 1) % threads].clone();
+            sc.spawn(move || {
+                let mut rng = Rng::new(i as u64 + 1);
+                let mut set = Batch(Vec::with_capacity(slots));
+                for _ in 0..slots {
+                    let l =
+                        Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8).unwrap();
+                    // SAFETY: non-zero size.
+                    set.0.push((unsafe { a.alloc(l) }, l));
+                }
+                for _ in 0..rounds {
+                    for _ in 0..ops {
+                        let j = rng.below(slots as u64) as usize;
+                        let l = Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8)
+                            .unwrap();
+                        let (p, old) = set.0[j];
+                        // SAFETY: a live block of the set, now ours, replaced by a fresh one.
+                        unsafe { a.dealloc(p, old) };
+                        // SAFETY: non-zero size.
+                        set.0[j] = (unsafe { a.alloc(l) }, l);
+                    }
+                    tx.send(set).unwrap();
+                    set = rx.recv().unwrap();
+                }
+                for (p, l) in set.0 {
+                    // SAFETY: the last generation's blocks, ours to free.
+                    unsafe { a.dealloc(p, l) };
+                }
+            });
+        }
+        drop(txs);
+    });
+}
+
+/// A batch of blocks on its way to the thread that frees them.
+struct Batch(Vec<(*mut u8, Layout)>);
+
+// SAFETY: the blocks are plain memory owned by the batch; whoever holds it may free them.
+unsafe impl Send for Batch {}
+
+/// Cross-thread exchange (xmalloc/larson-like, batched): `threads` threads in a ring; each
+/// round every thread frees the batch it received from its predecessor and sends its successor
+/// a fresh batch of `batch` blocks of mixed sizes. Every free is a cross-thread free, and the
+/// hand-over costs one channel message per batch, not per block, so the allocator dominates.
+pub fn exchange<A: GlobalAlloc + Sync>(a: &A, threads: usize, rounds: usize, batch: usize, sizes: &[usize]) {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::sync_channel::<Batch>(1)).unzip();
+    thread::scope(|sc| {
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let tx = txs[(i + 1) % threads].clone();
+            sc.spawn(move || {
+                let mut rng = Rng::new(i as u64 + 1);
+                let fill = |b: &mut Batch, rng: &mut Rng| {
+                    for _ in 0..batch {
+                        let size = sizes[rng.below(sizes.len() as u64) as usize];
+                        let l = Layout::from_size_align(size, 8).unwrap();
+                        // SAFETY: non-zero size.
+                        b.0.push((unsafe { a.alloc(l) }, l));
+                    }
+                };
+                let mut b = Batch(Vec::with_capacity(batch));
+                fill(&mut b, &mut rng);
+                tx.send(b).unwrap();
+                for round in 0..rounds {
+                    let mut b = rx.recv().unwrap();
+                    for (p, l) in b.0.drain(..) {
+                        // SAFETY: allocated by the predecessor with `l`, now ours.
+                        unsafe { a.dealloc(p, l) };
+                    }
+                    if round + 1 < rounds {
+                        fill(&mut b, &mut rng);
+                        tx.send(b).unwrap();
+                    }
+                }
+            });
+        }
+        drop(txs);
+    });
 }
 
 /// mimalloc-bench's glibc-simple: batches of 25, 100, 400 and 1600 blocks of 16 bytes, each

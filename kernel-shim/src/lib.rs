@@ -46,8 +46,8 @@ mod platform;
 mod region;
 
 pub use ctxalloc_core::{
-    AllocError, Cookie, Core, Effective, Gfp, Mempool, PoolBox, ReclaimClass, ScanResult, ScopedSpinLock,
-    ShrinkControl, Shrinker, ShrinkerId, Stats, ThreadCtx,
+    emergency_reserve, AllocError, Cookie, Core, Effective, Gfp, Mempool, PoolBox, ReclaimClass, ScanResult,
+    ScopedSpinLock, ShrinkControl, Shrinker, ShrinkerId, Stats, ThreadCtx, SEGMENT_SIZE,
 };
 pub use platform::{PerCpu, Platform};
 pub use region::{Region, PAGE};
@@ -74,6 +74,10 @@ impl<P: Platform> KernelAlloc<P> {
     /// Gives the allocator its region and makes the region's size the memory limit (so reclaim
     /// runs before the region is exhausted, with the usual emergency reserve). A second call is
     /// ignored.
+    ///
+    /// Small objects live in [`SEGMENT_SIZE`]-aligned segments: align the region's start (and
+    /// size) to it, and all of it can hold small objects; otherwise the unaligned ends serve only
+    /// large (contiguous) allocations.
     ///
     /// # Safety
     /// `[start, start + len)` is valid, writable memory used by nothing else, for ever.

@@ -2,8 +2,9 @@
 //! `KernelAlloc` over a static 256 MiB region (its `early_region`), and a second `KernelAlloc`
 //! over a small region carries the reclaim and mempool scenarios.
 
-use ctxalloc_kernel::{Gfp, KernelAlloc, ReclaimClass, ScanResult, ShrinkControl, Shrinker};
+use ctxalloc_kernel::{Gfp, KernelAlloc, ReclaimClass, ScanResult, ShrinkControl, Shrinker, SEGMENT_SIZE};
 use ctxalloc_tests::{Block, Model, Rng};
+use std::alloc::GlobalAlloc;
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -228,5 +229,39 @@ fn large_areas_are_contiguous_spans_of_the_region() {
         assert!(std::slice::from_raw_parts(p.as_ptr(), 12 << 20).iter().all(|&b| b == 0));
         p.as_ptr().write_bytes(0xA5, 12 << 20);
         GLOBAL.dealloc_with(p, l);
+    }
+}
+
+ctxalloc_tests::host_platform!(Aligned);
+static ALIGNED: KernelAlloc<Aligned> = KernelAlloc::new(Aligned);
+
+#[test]
+fn every_segment_of_an_aligned_region_holds_small_objects() {
+    // The allocator's own metadata (per-CPU heaps, the shrinker registry) lives in segment
+    // headers: it takes no span that would break a segment's alignment, so a region of two
+    // segments holds small blocks up to its limit (its size less the emergency reserve).
+    const SIZE: usize = 2 * SEGMENT_SIZE;
+    let region_layout = Layout::from_size_align(SIZE, SEGMENT_SIZE).unwrap();
+    // SAFETY: a non-zero layout; the region is never freed (the allocator keeps it).
+    let region = unsafe { std::alloc::System.alloc_zeroed(region_layout) };
+    assert!(!region.is_null());
+    // SAFETY: ours for ever.
+    unsafe { ALIGNED.init(region, SIZE) };
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let mut blocks = Vec::new();
+    while let Ok(p) = ALIGNED.alloc_with(l, Gfp::NOWARN) {
+        blocks.push(p);
+    }
+    let held = blocks.len() * l.size();
+    let limit = SIZE - ctxalloc_kernel::emergency_reserve(SIZE);
+    assert!(
+        held >= limit - limit / 16,
+        "held {held} of a {SIZE}-byte region (limit {limit})\n{}",
+        ALIGNED.stats()
+    );
+    assert_eq!(ALIGNED.stats().segments, 2);
+    for p in blocks {
+        // SAFETY: allocated above with `l`.
+        unsafe { ALIGNED.dealloc_with(p, l) };
     }
 }

@@ -366,7 +366,8 @@ pub mod host {
         (@define $name:ident, $region:expr) => {
             /// A host platform: threads as CPUs.
             pub struct $name;
-            // SAFETY: one context per host thread (slots are never reused); the early region,
+            // SAFETY: one context per live host thread (a slot is reused only after its thread
+            // has exited, as a CPU runs its next task); the early region,
             // if any, is a static of this platform's own.
             unsafe impl ::ctxalloc_kernel::Platform for $name {
                 fn context(&self) -> *const ::ctxalloc_kernel::ThreadCtx {

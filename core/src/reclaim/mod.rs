@@ -220,18 +220,11 @@ impl<P: Platform> Core<P> {
     /// `shrinker` stays valid until [`unregister_shrinker`](Self::unregister_shrinker) of the
     /// returned id returns; `self` lives for the rest of the program (a `static`).
     pub unsafe fn register_shrinker(&'static self, shrinker: NonNull<dyn Shrinker>) -> Option<ShrinkerId> {
-        let new_chunk = || -> Option<NonNull<Chunk>> {
-            let bytes = size_of::<Chunk>().next_multiple_of(P::PAGE_SIZE);
-            // Registry metadata: charged in the reclaim context, so registering at the limit works.
-            if !self.charge(bytes, Effective::new(Gfp::MEMALLOC, Gfp::KERNEL)) {
-                return None;
-            }
-            // SAFETY: whole pages; a page is aligned enough for a chunk.
-            let p = unsafe { self.os_map(bytes, P::PAGE_SIZE) };
-            if p.is_none() {
-                self.uncharge(bytes);
-            }
-            p.map(NonNull::cast)
+        const _: () = assert!(size_of::<Chunk>() <= crate::slab::META_MAX);
+        // Registry metadata (permanent, zeroed): charged in the reclaim context, so registering
+        // at the limit works.
+        let new_chunk = || {
+            self.meta_alloc(size_of::<Chunk>(), Effective::new(Gfp::MEMALLOC, Gfp::KERNEL)).map(NonNull::cast)
         };
         // SAFETY: forwarded contract.
         unsafe { self.reclaim.registry.register(shrinker, new_chunk) }.map(ShrinkerId)

@@ -10,9 +10,6 @@ use super::page::{Page, PageQueue};
 use crate::size_class::NUM_CLASSES;
 use core::ptr;
 
-/// Bytes mapped at a time for heaps.
-pub(crate) const HEAP_CHUNK: usize = 64 * 1024;
-
 /// Abandoned pages per class, under `Core::abandoned`. While a page is on these lists, the holder
 /// of the lock is its owner.
 pub(crate) struct Abandoned {
@@ -62,10 +59,6 @@ pub(crate) struct HeapPool {
     pub(crate) free: *mut Heap,
     /// Every heap ever created, linked through `all_next` (never unlinked).
     pub(crate) all: *mut Heap,
-    /// Unused rest of the last chunk.
-    pub(crate) chunk: *mut u8,
-    /// Bytes left in `chunk`.
-    pub(crate) chunk_left: usize,
     /// Heaps owned by a thread.
     pub(crate) live: usize,
 }
@@ -75,13 +68,7 @@ unsafe impl Send for HeapPool {}
 
 impl HeapPool {
     pub(crate) const fn new() -> Self {
-        HeapPool {
-            free: ptr::null_mut(),
-            all: ptr::null_mut(),
-            chunk: ptr::null_mut(),
-            chunk_left: 0,
-            live: 0,
-        }
+        HeapPool { free: ptr::null_mut(), all: ptr::null_mut(), live: 0 }
     }
 }
 

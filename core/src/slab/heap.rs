@@ -10,7 +10,6 @@
 //! `owner` with a heap pointer after that heap's thread is gone, and a recycled heap gets a new
 //! thread, never a different type.
 
-use super::abandon::HEAP_CHUNK;
 use super::page::{Page, PageQueue};
 use super::remote::{Block, Push};
 use super::SLICE_SIZE;
@@ -540,7 +539,7 @@ impl<P: Platform> Core<P> {
     /// A heap from the pool, or a new one (charged in context `eff`, through reclaim if needed).
     /// The caller reports a failure, naming the allocation that needed the heap.
     pub(crate) fn heap_acquire(&self, eff: Effective) -> Result<*mut Heap, Cause> {
-        let mut attempt = Attempt::new(HEAP_CHUNK);
+        let mut attempt = Attempt::new(core::mem::size_of::<Heap>());
         loop {
             match self.heap_take(attempt.context(eff)) {
                 Ok(h) => return Ok(h),
@@ -553,8 +552,8 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// A heap from the pool, or carved from a chunk; `Err` if a new chunk could not be charged
-    /// or mapped (the pool lock is released before the caller reclaims).
+    /// A heap from the pool, or new metadata; `Err` if that could not be charged or mapped (the
+    /// pool lock is released before the caller reclaims).
     fn heap_take(&self, eff: Effective) -> Result<*mut Heap, ()> {
         let mut pool = self.lock(&self.heaps);
         let heap = if !pool.free.is_null() {
@@ -566,29 +565,12 @@ impl<P: Platform> Core<P> {
             }
             h
         } else {
-            let size = core::mem::size_of::<Heap>();
-            if pool.chunk_left < size {
-                // Heaps are allocator metadata a thread needs before anything else: charged as
-                // its first allocation would be.
-                if !self.charge(HEAP_CHUNK, eff) {
-                    return Err(());
-                }
-                // SAFETY: a whole number of pages, page-aligned.
-                let Some(p) = (unsafe { self.os_map(HEAP_CHUNK, P::PAGE_SIZE) }) else {
-                    self.uncharge(HEAP_CHUNK);
-                    return Err(());
-                };
-                pool.chunk = p.as_ptr();
-                pool.chunk_left = HEAP_CHUNK;
-            }
-            let h = pool.chunk.cast::<Heap>();
-            // SAFETY: the chunk has room for a heap; `Heap` needs 8-byte alignment, which every
-            // multiple of its size from a page boundary has.
-            unsafe {
-                pool.chunk = pool.chunk.add(size);
-                Heap::init(h, pool.all);
-            }
-            pool.chunk_left -= size;
+            const _: () = assert!(core::mem::size_of::<Heap>() <= super::META_MAX);
+            // Heaps are allocator metadata a thread needs before anything else: charged as its
+            // first allocation would be.
+            let h = self.meta_alloc(core::mem::size_of::<Heap>(), eff).ok_or(())?.as_ptr().cast::<Heap>();
+            // SAFETY: fresh metadata of a heap's size, 64-byte aligned.
+            unsafe { Heap::init(h, pool.all) };
             pool.all = h;
             h
         };

@@ -6,7 +6,8 @@
 //!  │ slice 0:   │ slice 1  │ slice 2  │ slices 3..=4        │ …     64 slices of 64 KiB
 //!  │ header:    │ page of  │ page of  │ one page of 16 KiB  │
 //!  │ slice map, │ 32 B     │ 48 B     │ blocks (8 blocks    │
-//!  │ page descs │ blocks   │ blocks   │ need 2 slices)      │
+//!  │ page descs;│ blocks   │ blocks   │ need 2 slices)      │
+//!  │ metadata   │          │          │                     │
 //!  └────────────┴──────────┴──────────┴─────────────────────┴───
 //! ```
 //!
@@ -23,6 +24,8 @@ pub(crate) mod heap;
 pub(crate) mod page;
 pub(crate) mod remote;
 pub(crate) mod segment;
+
+pub(crate) use segment::META_MAX;
 
 /// log2 of the segment size.
 pub const SEGMENT_SHIFT: usize = 22;

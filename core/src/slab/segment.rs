@@ -8,6 +8,12 @@
 //! committed while free ("dirty", reused first), and is *purged* — given back to the platform
 //! and uncharged — once too many dirty bytes pile up or on [`Core::trim`]. A segment whose every
 //! slice is free is kept as the one spare, or returned to the page source.
+//!
+//! The header takes under 6 KiB of slice 0; the rest of that slice holds the allocator's
+//! permanent metadata (heaps, shrinker-registry chunks: [`Core::meta_alloc`]). Metadata never
+//! needs a span of its own from the page source — in a kernel's static region, a small span
+//! there would break the alignment of a whole segment — and a segment holding metadata is
+//! *pinned*: it is never returned.
 
 use super::page::Page;
 use super::{SEGMENT_MASK, SEGMENT_SIZE, SLICES, SLICE_SHIFT, SLICE_SIZE};
@@ -47,9 +53,18 @@ pub(crate) struct Segment {
     next: *mut Segment,
     /// See `next`.
     prev: *mut Segment,
+    /// End of the metadata carved from slice 0 (an offset from the segment's start), or 0 if
+    /// none was: then the segment is not pinned. Under the page-heap lock.
+    meta_end: usize,
 }
 
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
+
+/// Alignment of every piece of metadata (a cache line: heaps are written by their thread only).
+const META_ALIGN: usize = 64;
+
+/// The most metadata one request may take: the room behind the header.
+pub(crate) const META_MAX: usize = SLICE_SIZE - core::mem::size_of::<Segment>().next_multiple_of(META_ALIGN);
 
 /// The page heap's state, under `Core::pages`.
 pub(crate) struct PageHeap {
@@ -61,6 +76,8 @@ pub(crate) struct PageHeap {
     dirty: usize,
     /// Segments mapped.
     pub(crate) segments: usize,
+    /// The pinned segment metadata was last carved from (null before the first).
+    meta: *mut Segment,
 }
 
 // SAFETY: the page heap only holds pointers into segments it owns; it moves between threads
@@ -69,7 +86,13 @@ unsafe impl Send for PageHeap {}
 
 impl PageHeap {
     pub(crate) const fn new() -> Self {
-        PageHeap { partial: ptr::null_mut(), spare: ptr::null_mut(), dirty: 0, segments: 0 }
+        PageHeap {
+            partial: ptr::null_mut(),
+            spare: ptr::null_mut(),
+            dirty: 0,
+            segments: 0,
+            meta: ptr::null_mut(),
+        }
     }
 
     /// # Safety
@@ -129,6 +152,18 @@ fn run_mask(idx: usize, n: usize) -> u64 {
 #[inline]
 fn segment_of_desc(page: *mut Page) -> *mut Segment {
     page.map_addr(|a| a & !SEGMENT_MASK).cast()
+}
+
+/// Where metadata carved from `seg`'s header slice would start.
+///
+/// # Safety
+/// `seg` is live; the caller holds the page-heap lock.
+unsafe fn meta_start(seg: *mut Segment) -> usize {
+    // SAFETY: per the contract.
+    match unsafe { (*seg).meta_end } {
+        0 => core::mem::size_of::<Segment>().next_multiple_of(META_ALIGN),
+        end => end,
+    }
 }
 
 /// Bytes of the header slice the page heap charges: its pages that the header touches.
@@ -194,6 +229,63 @@ impl<P: Platform> Core<P> {
                 }
             }
             // Map outside the lock: a system call should not make other threads spin.
+            // SAFETY: plain call; the result is a fresh segment.
+            let seg = unsafe { self.segment_map(eff)? };
+            let mut ph = self.lock(&self.pages);
+            ph.segments += 1;
+            // SAFETY: a fresh segment on no list, under the lock.
+            unsafe { ph.link(seg) };
+        }
+    }
+
+    /// `bytes` (at most [`META_MAX`]) of zeroed, permanent metadata, 64-byte aligned, carved
+    /// from the header slice of a segment, which is pinned; the pages it newly touches are
+    /// charged in context `eff`. `None` when the accounting or the page source refuses (the
+    /// caller decides what the context allows next).
+    pub(crate) fn meta_alloc(&self, bytes: usize, eff: Effective) -> Option<NonNull<u8>> {
+        let bytes = bytes.next_multiple_of(META_ALIGN);
+        debug_assert!(bytes <= META_MAX);
+        loop {
+            {
+                let mut ph = self.lock(&self.pages);
+                // The last metadata segment, else any with a free slice, else the spare.
+                let fits = |seg: *mut Segment| {
+                    // SAFETY: segments the page heap reaches are live; we hold its lock.
+                    !seg.is_null() && unsafe { meta_start(seg) } + bytes <= SLICE_SIZE
+                };
+                let mut seg = ph.meta;
+                if !fits(seg) {
+                    seg = ph.partial;
+                    while !seg.is_null() && !fits(seg) {
+                        // SAFETY: a live segment on the partial list, under the lock.
+                        seg = unsafe { (*seg).next };
+                    }
+                }
+                if seg.is_null() && !ph.spare.is_null() {
+                    seg = core::mem::replace(&mut ph.spare, ptr::null_mut());
+                    // SAFETY: the spare is a live segment on no list; pinned, it stays listed.
+                    unsafe { ph.link(seg) };
+                }
+                if !seg.is_null() {
+                    // SAFETY: a live segment under the lock; `[start, end)` lies in its header
+                    // slice behind the header, untouched by anything else.
+                    unsafe {
+                        let start = meta_start(seg);
+                        let end = start + bytes;
+                        let charged =
+                            header_bytes(P::PAGE_SIZE).max((*seg).meta_end.next_multiple_of(P::PAGE_SIZE));
+                        let more = end.next_multiple_of(P::PAGE_SIZE).saturating_sub(charged);
+                        if more != 0 && !self.charge(more, eff) {
+                            return None;
+                        }
+                        (*seg).meta_end = end;
+                        ph.meta = seg;
+                        let p = self.platform.ptr_from_addr(seg.addr() + start);
+                        ptr::write_bytes(p, 0, bytes);
+                        return Some(NonNull::new_unchecked(p));
+                    }
+                }
+            }
             // SAFETY: plain call; the result is a fresh segment.
             let seg = unsafe { self.segment_map(eff)? };
             let mut ph = self.lock(&self.pages);
@@ -288,7 +380,7 @@ impl<P: Platform> Core<P> {
                 if was_full {
                     ph.link(seg);
                 }
-                if (*seg).free & ALL_SLICES == ALL_SLICES {
+                if (*seg).free & ALL_SLICES == ALL_SLICES && (*seg).meta_end == 0 {
                     ph.unlink(seg);
                     if ph.spare.is_null() {
                         ph.spare = seg;

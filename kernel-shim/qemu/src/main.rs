@@ -120,8 +120,13 @@ static HEAP: KernelAlloc<Virt> = KernelAlloc::new(Virt(&MAIN_CPUS));
 /// A second allocator over a small region, for reclaim and the mempool.
 static SMALL: KernelAlloc<Virt> = KernelAlloc::new(Virt(&SMALL_CPUS));
 
-static mut HEAP_REGION: [u8; 32 << 20] = [0; 32 << 20];
-static mut SMALL_REGION: [u8; 8 << 20] = [0; 8 << 20];
+/// A heap region, aligned to a segment (4 MiB) so every byte of it can hold small objects.
+#[repr(C, align(4194304))]
+struct Region<const N: usize>([u8; N]);
+const _: () = assert!(core::mem::align_of::<Region<0>>() == ctxalloc_kernel::SEGMENT_SIZE);
+
+static mut HEAP_REGION: Region<{ 32 << 20 }> = Region([0; 32 << 20]);
+static mut SMALL_REGION: Region<{ 8 << 20 }> = Region([0; 8 << 20]);
 
 /// 1 until hart 0 has zeroed `.bss` and set up the allocators (in `.data`, not zeroed).
 static BOOTED: AtomicUsize = AtomicUsize::new(1);
