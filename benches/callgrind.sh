@@ -9,9 +9,11 @@ cargo build -q --release -p ctxalloc-benches --bin pairs
 bin=target/release/pairs
 count() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$@" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'; }
 printf '%-22s %s\n' allocator "instructions per alloc+free pair"
-for a in floor ctxalloc "ctxalloc scope" mimalloc jemalloc system; do
+for a in floor ctxalloc "ctxalloc scope" mimalloc jemalloc system scopes; do
   set -- $a
   one=$(count "$1" "$N" ${2:+$2})
   two=$(count "$1" $((2 * N)) ${2:+$2})
-  printf "%-22s %s\n" "$a${2:+ (inside NOFS|NOIO)}" "$(awk -v a="$one" -v b="$two" -v n="$N" "BEGIN { printf \"%.2f\", (b - a) / n }")"
+  label="$a${2:+ (inside NOFS|NOIO)}"
+  [ "$a" = scopes ] && label="scope save+restore"
+  printf "%-22s %s\n" "$label" "$(awk -v a="$one" -v b="$two" -v n="$N" "BEGIN { printf \"%.2f\", (b - a) / n }")"
 done

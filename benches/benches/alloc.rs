@@ -1,5 +1,6 @@
 //! Criterion benches, every allocator in one run: (a) single-thread churn of 16–256 B blocks with
-//! 64+ live, (b) glibc-simple, (c) producer/consumer cross-thread frees.
+//! 64+ live, (b) glibc-simple, (c) producer/consumer cross-thread frees; and (d) what entering
+//! and leaving a scope costs (ctxalloc only).
 //!
 //! `cargo bench -p ctxalloc-benches --bench alloc`
 
@@ -63,9 +64,27 @@ fn bench_producer_consumer(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_scope(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scope_enter_leave");
+    g.bench_function("memalloc_nofs_save+restore", |b| {
+        b.iter(|| {
+            let cookie = ctxalloc::memalloc_nofs_save();
+            ctxalloc::memalloc_nofs_restore(std::hint::black_box(cookie));
+        })
+    });
+    g.bench_function("scope(NOFS) guard", |b| {
+        b.iter(|| {
+            let g = ctxalloc::scope(ctxalloc::Gfp::NOFS);
+            std::hint::black_box(());
+            drop(g);
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = bench_churn, bench_glibc_simple, bench_producer_consumer
+    targets = bench_churn, bench_glibc_simple, bench_producer_consumer, bench_scope
 }
 criterion_main!(benches);

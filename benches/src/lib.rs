@@ -14,6 +14,8 @@ use std::thread;
 
 pub use ctxalloc_tests::Rng;
 
+pub mod mbench;
+
 /// An allocator reached through one out-of-line call, as a global allocator is.
 pub struct Called<A>(pub A);
 

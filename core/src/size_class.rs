@@ -14,6 +14,8 @@ pub const SMALL_MAX: usize = 1024;
 pub const SLAB_MAX: usize = 64 * 1024;
 /// Number of size classes.
 pub const NUM_CLASSES: usize = 80;
+/// 16-byte granules of the small sizes, `0 ..= SMALL_MAX / 16` (the fast path's index).
+pub const SMALL_GRANULES: usize = SMALL_MAX / 16 + 1;
 
 /// Class sizes, in bytes.
 pub static CLASS_SIZE: [u32; NUM_CLASSES] = {
@@ -27,8 +29,8 @@ pub static CLASS_SIZE: [u32; NUM_CLASSES] = {
 };
 
 /// Size → class for sizes up to [`SMALL_MAX`], indexed by `(size + 15) / 16`.
-static SMALL_CLASS: [u8; SMALL_MAX / 16 + 1] = {
-    let mut t = [0u8; SMALL_MAX / 16 + 1];
+static SMALL_CLASS: [u8; SMALL_GRANULES] = {
+    let mut t = [0u8; SMALL_GRANULES];
     let mut i = 1;
     while i < t.len() {
         t[i] = class_of_const(i * 16) as u8;

@@ -266,13 +266,18 @@ impl<P: Platform> Core<P> {
                 shrinker_rows += 1;
             }
         });
+        // One lock at a time: guards inside the struct expression would all live to its end,
+        // holding `pages` while taking `heaps` (the reverse of the allocator's lock order).
+        let segments = self.lock(&self.pages).segments;
+        let abandoned_pages = self.lock(&self.abandoned).count;
+        let heaps = self.lock(&self.heaps).live;
         Stats {
             usage: self.acct.usage(),
             peak: self.acct.peak(),
-            segments: self.lock(&self.pages).segments,
+            segments,
             slab_pages: c.slab_pages.load(Ordering::Relaxed),
-            abandoned_pages: self.lock(&self.abandoned).count,
-            heaps: self.lock(&self.heaps).live,
+            abandoned_pages,
+            heaps,
             vmap_areas,
             vmap_bytes,
             os_maps: c.os_maps.load(Ordering::Relaxed) as u64,

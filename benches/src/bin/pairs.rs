@@ -1,5 +1,5 @@
-//! `pairs <allocator> <n>`: `n` alloc+free pairs of 32 bytes with 64 blocks kept live, for
-//! counting instructions under callgrind (`benches/callgrind.sh` runs it twice and takes the
+//! `pairs <allocator> <n>`: `n` alloc+free pairs of 32 bytes with 64 blocks kept live (or, for
+//! `scopes`, `n` NOFS save+restore pairs), for counting instructions under callgrind (`benches/callgrind.sh` runs it twice and takes the
 //! difference, so start-up cancels out).
 
 use ctxalloc_benches::{with_allocator, Called};
@@ -69,6 +69,14 @@ fn main() {
     let n: usize = args.next().map_or(1_000_000, |s| s.parse().expect("n"));
     let scope = args.next().is_some_and(|s| s == "scope");
     let _g = scope.then(|| ctxalloc::scope(ctxalloc::Gfp::NOFS | ctxalloc::Gfp::NOIO));
+    if which == "scopes" {
+        // `n` memalloc_nofs_save/restore pairs (callgrind.sh's last row).
+        for _ in 0..n {
+            let c = ctxalloc::memalloc_nofs_save();
+            ctxalloc::memalloc_nofs_restore(black_box(c));
+        }
+        return;
+    }
     if which == "floor" {
         run(&Called(Floor), n);
         return;

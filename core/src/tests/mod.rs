@@ -494,3 +494,27 @@ fn fork_child_leaves_a_heap_caught_in_a_slow_path_alone() {
 mod mempool;
 mod per_call;
 mod reclaim;
+
+#[test]
+fn freed_memory_goes_back_without_a_trim() {
+    // An idle program holds no empty page and no dirty slice of an empty segment: after a
+    // burst over many classes is freed, with no trim, only the pinned header slice stays.
+    let core = new_core(if MIRI { 16 } else { 64 });
+    let mut live = Vec::new();
+    let sizes = if MIRI { 64..=1024 } else { 64..=4096 };
+    for size in sizes.clone().step_by(if MIRI { 240 } else { 16 }) {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        for _ in 0..(if MIRI { 4 } else { 64 }) {
+            live.push((core.alloc_with(l, Gfp::KERNEL).unwrap(), l));
+        }
+    }
+    let peak = core.usage();
+    assert!(core.stats().slab_pages > 10, "{}", core.stats());
+    for (p, l) in live {
+        // SAFETY: live blocks of `l`.
+        unsafe { core.dealloc(p.as_ptr(), l) };
+    }
+    let s = core.stats();
+    assert_eq!(s.slab_pages, 0, "an empty page was kept\n{s}");
+    assert!(s.usage <= SLICE_SIZE, "usage {} of a {peak}-byte peak\n{s}", s.usage);
+}

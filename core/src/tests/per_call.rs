@@ -70,9 +70,9 @@ fn nofail_on_the_vmap_path_retries_page_source_failures() {
 #[test]
 fn kvmalloc_falls_back_to_vmap_and_frees_go_to_the_owner() {
     let core = leaked_core(64, 16);
-    // Warm the vmap registry and the descriptor class, then leave 32 KiB of room: less than a
-    // 64 KiB slab page, more than a 20 KiB area.
-    free_blocks(core, std::vec![core.alloc_with(block(), Gfp::KERNEL).unwrap().as_ptr().addr()]);
+    // Warm the vmap registry and keep the descriptor class's page in use (one live area), then
+    // leave 32 KiB of room: less than a 64 KiB slab page, more than a 20 KiB area.
+    let warm = core.alloc_with(block(), Gfp::KERNEL).unwrap().as_ptr().addr();
     let u = core.usage();
     let mut limit = u + (32 << 10);
     while limit - crate::emergency_reserve(limit) < u + (32 << 10) {
@@ -111,6 +111,7 @@ fn kvmalloc_falls_back_to_vmap_and_frees_go_to_the_owner() {
     assert_eq!(core.stats().vmap_areas, before.vmap_areas);
     // SAFETY: live block.
     unsafe { core.dealloc(s.as_ptr(), l) };
+    free_blocks(core, std::vec![warm]);
 }
 
 #[test]
