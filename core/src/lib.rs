@@ -136,6 +136,7 @@ pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
 #[cfg(not(loom))]
 pub use scoped_lock::{ContextHolder, ScopedSpinGuard, ScopedSpinLock};
 #[cfg(not(loom))]
+pub use slab::segment::PURGE_DELAY_NS;
 pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
 #[cfg(not(loom))]
 pub use stats::{ShrinkerRow, Stats, MAX_SHRINKER_ROWS};

@@ -58,8 +58,10 @@ pub(crate) fn start_background() {
     }
 }
 
-/// The background reclaimer (the kernel's kswapd): sleeps until usage passes the low watermark,
-/// then reclaims in a clean context down to the high watermark and runs deferred work.
+/// The background thread (the kernel's kswapd): sleeps until usage passes the low watermark,
+/// then reclaims in a clean context down to the high watermark and runs deferred work; and
+/// gives back free memory that has waited `PURGE_DELAY_NS` (an idle program shrinks). Started
+/// by the first limit or the first free page.
 extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
     #[cfg(target_os = "linux")]
     // SAFETY: names the calling thread; the name is a NUL-terminated literal under 16 bytes.
@@ -67,7 +69,11 @@ extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
         libc::pthread_setname_np(libc::pthread_self(), c"ctxalloc-reclaim".as_ptr());
     }
     loop {
-        if CORE.background_wait(1_000_000_000) {
+        // Dirty memory that has waited is given back; while some is waiting, look again
+        // after the purge delay, else sleep until woken (or a second, for watermarks).
+        let pending = CORE.purge_aged();
+        let timeout = if pending { ctxalloc_core::PURGE_DELAY_NS } else { 1_000_000_000 };
+        if CORE.background_wait(timeout) {
             CORE.background_reclaim();
         }
     }

@@ -475,6 +475,14 @@ impl<P: Platform> Core<P> {
         self.platform.wake_all(&self.reclaim.bg_seq);
     }
 
+    /// Dirty memory appeared in the page heap: start or wake the platform's background thread,
+    /// which gives it back through [`purge_aged`](Self::purge_aged) once it has waited.
+    pub(crate) fn wake_purger(&self) {
+        self.platform.background_wanted();
+        self.reclaim.bg_seq.fetch_add(1, Ordering::SeqCst);
+        self.platform.wake_all(&self.reclaim.bg_seq);
+    }
+
     /// Sleeps until background reclaim is wanted, or `timeout_ns`; returns whether it is
     /// wanted. For the platform's background thread.
     pub fn background_wait(&self, timeout_ns: u64) -> bool {

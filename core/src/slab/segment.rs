@@ -6,8 +6,10 @@
 //!
 //! Accounting is per slice: a slice is *committed* once handed out (charged to `usage()`), stays
 //! committed while free ("dirty", reused first), and is *purged* — given back to the platform
-//! and uncharged — once too many dirty bytes pile up or on [`Core::trim`]. A segment whose every
-//! slice is free is kept as the one spare, or returned to the page source.
+//! and uncharged — once too many dirty bytes pile up, once dirty memory has waited
+//! [`PURGE_DELAY_NS`] (the platform's background thread calls [`Core::purge_aged`]: an idle
+//! program's resident set falls back without any allocator call), or on [`Core::trim`]. A
+//! segment whose every slice is free is kept as the one spare, or returned to the page source.
 //!
 //! The header takes under 6 KiB of slice 0; the rest of that slice holds the allocator's
 //! permanent metadata (heaps, shrinker-registry chunks: [`Core::meta_alloc`]). Metadata never
@@ -26,8 +28,13 @@ use core::ptr::{self, NonNull};
 /// Bits of the slices a segment can hand out (all but the header slice).
 const ALL_SLICES: u64 = !1;
 
-/// Dirty bytes tolerated before free slices are purged (plus an eighth of `usage()`).
-const PURGE_SLACK: usize = 2 << 20;
+/// Dirty bytes tolerated before free slices are purged at once (plus an eighth of `usage()`).
+const PURGE_SLACK: usize = 8 << 20;
+
+/// How long dirty memory may wait before [`Core::purge_aged`] gives it back: long enough that
+/// a working set that shrinks and regrows keeps its pages (no madvise/fault cycles), short
+/// enough that a program going idle after a burst is back to its size within a second.
+pub const PURGE_DELAY_NS: u64 = 200_000_000;
 
 /// The header of a segment, at its start.
 ///
@@ -78,6 +85,9 @@ pub(crate) struct PageHeap {
     pub(crate) segments: usize,
     /// The pinned segment metadata was last carved from (null before the first).
     meta: *mut Segment,
+    /// When dirty memory last appeared with none before (platform clock), or 0 if none is
+    /// waiting for [`Core::purge_aged`].
+    dirty_since: u64,
 }
 
 // SAFETY: the page heap only holds pointers into segments it owns; it moves between threads
@@ -92,6 +102,7 @@ impl PageHeap {
             dirty: 0,
             segments: 0,
             meta: ptr::null_mut(),
+            dirty_since: 0,
         }
     }
 
@@ -365,6 +376,7 @@ impl<P: Platform> Core<P> {
         let run = run_mask(idx, n);
         self.counters.slab_pages.fetch_sub(1, Ordering::Relaxed);
         let mut unmap = None;
+        let mut purge_later = false;
         {
             let mut ph = self.lock(&self.pages);
             // SAFETY: the segment is live (it holds this page); page-heap fields under the lock.
@@ -380,13 +392,12 @@ impl<P: Platform> Core<P> {
                 if was_full {
                     ph.link(seg);
                 }
+                if P::CAN_PURGE && ph.dirty_since == 0 {
+                    // Dirty memory appeared: have the background thread purge it if it waits.
+                    ph.dirty_since = self.platform.now_ns().max(1);
+                    purge_later = true;
+                }
                 if (*seg).free & ALL_SLICES == ALL_SLICES {
-                    // An empty segment keeps its mapping (the spare, or pinned by metadata)
-                    // but not its memory: an idle program's resident set falls back at once.
-                    let keep = (*seg).meta_end != 0 || ph.spare.is_null();
-                    if keep && P::CAN_PURGE {
-                        ph.dirty -= self.segment_purge(seg);
-                    }
                     if (*seg).meta_end != 0 {
                         // Pinned: stays on the partial list.
                     } else if ph.spare.is_null() {
@@ -407,6 +418,9 @@ impl<P: Platform> Core<P> {
         if let Some((seg, dirty)) = unmap {
             // SAFETY: the segment is empty and on no list; nobody can reach it.
             unsafe { self.segment_unmap(seg, dirty) };
+        }
+        if purge_later {
+            self.wake_purger();
         }
     }
 
@@ -447,6 +461,25 @@ impl<P: Platform> Core<P> {
             self.counters.purged.fetch_add(given, Ordering::Relaxed);
         }
         given
+    }
+
+    /// Gives back dirty memory that has waited [`PURGE_DELAY_NS`]: every dirty slice and the
+    /// spare segment, as [`trim`](Self::trim) would. Returns whether dirty memory is still
+    /// waiting (call again after [`PURGE_DELAY_NS`]). For the platform's background thread;
+    /// calling it from anywhere else is harmless.
+    pub fn purge_aged(&self) -> bool {
+        let since = self.lock(&self.pages).dirty_since;
+        if since == 0 {
+            return false;
+        }
+        if self.platform.now_ns().saturating_sub(since) < PURGE_DELAY_NS {
+            return true;
+        }
+        self.pages_trim();
+        let mut ph = self.lock(&self.pages);
+        // New dirty memory since the trim waits its own delay.
+        ph.dirty_since = if ph.dirty == 0 { 0 } else { self.platform.now_ns().max(1) };
+        ph.dirty_since != 0
     }
 
     /// Purges every dirty slice and returns the spare segment: the page heap's part of

@@ -496,9 +496,10 @@ mod per_call;
 mod reclaim;
 
 #[test]
-fn freed_memory_goes_back_without_a_trim() {
-    // An idle program holds no empty page and no dirty slice of an empty segment: after a
-    // burst over many classes is freed, with no trim, only the pinned header slice stays.
+fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
+    // An idle program holds no empty page, and the background thread's `purge_aged` gives back
+    // the dirty slices once they have waited PURGE_DELAY_NS — not before (a working set that
+    // shrinks and regrows keeps its pages). The mock's clock advances 1 ms per reading.
     let core = new_core(if MIRI { 16 } else { 64 });
     let mut live = Vec::new();
     let sizes = if MIRI { 64..=1024 } else { 64..=4096 };
@@ -508,7 +509,6 @@ fn freed_memory_goes_back_without_a_trim() {
             live.push((core.alloc_with(l, Gfp::KERNEL).unwrap(), l));
         }
     }
-    let peak = core.usage();
     assert!(core.stats().slab_pages > 10, "{}", core.stats());
     for (p, l) in live {
         // SAFETY: live blocks of `l`.
@@ -516,5 +516,16 @@ fn freed_memory_goes_back_without_a_trim() {
     }
     let s = core.stats();
     assert_eq!(s.slab_pages, 0, "an empty page was kept\n{s}");
-    assert!(s.usage <= SLICE_SIZE, "usage {} of a {peak}-byte peak\n{s}", s.usage);
+    let dirty = core.usage();
+    assert!(dirty > SLICE_SIZE, "{s}");
+    assert!(core.purge_aged(), "dirty memory is waiting");
+    assert_eq!(core.usage(), dirty, "nothing purged before the delay");
+    let mut calls = 1;
+    while core.purge_aged() {
+        calls += 1;
+        assert!(calls < 10_000, "never purged");
+    }
+    assert!(calls as u64 * 1_000_000 >= crate::PURGE_DELAY_NS / 2, "purged after {calls} ms");
+    let s = core.stats();
+    assert!(s.usage <= SLICE_SIZE, "usage {} after the purge\n{s}", s.usage);
 }
