@@ -586,13 +586,14 @@ impl<P: Platform> Core<P> {
     }
 
     /// Gives back what the allocator keeps only to go faster: the calling thread's empty pages,
-    /// the spare segment, and the physical memory of free slices.
+    /// the spare segment, the cached large areas, and the physical memory of free slices.
     pub fn trim(&self) {
         let heap = self.thread().heap.get();
         if heap != Heap::empty() {
             // SAFETY: the calling thread's live heap.
             unsafe { self.heap_trim(heap) };
         }
+        self.area_cache_flush(false);
         self.pages_trim();
     }
 

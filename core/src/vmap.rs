@@ -10,6 +10,13 @@
 //! The registry is a chained hash table keyed by address, under `Core::vmap`; its bucket array
 //! comes from the page source directly and doubles as areas are added. The lock is never held
 //! across a call that could allocate or reclaim.
+//!
+//! Freed areas are kept mapped (and charged) in a small cache, where the platform can purge:
+//! the next large allocation that fits one (at most half again its size) takes it whole — no
+//! system call, and no page fault for the pages it had touched. The cache holds at most
+//! [`AREA_CACHE`] areas and a quarter of `usage()` (plus 32 MiB), and none under a memory limit
+//! (there usage is what the limit sees); `trim` empties it, and the background thread once it
+//! has waited `PURGE_DELAY_NS`.
 
 use crate::gfp::{Effective, Gfp};
 use crate::reclaim::{Attempt, Step};
@@ -42,7 +49,20 @@ pub(crate) struct Registry {
     pub(crate) count: usize,
     /// Bytes mapped by registered areas.
     pub(crate) bytes: usize,
+    /// Freed areas kept mapped and charged: `(addr, len)`, `len == 0` for an empty slot.
+    cache: [(usize, usize); AREA_CACHE],
+    /// Bytes in `cache`.
+    cached: usize,
+    /// When the cache last went from empty to not (platform clock), 0 while empty.
+    cached_since: u64,
 }
+
+/// Freed areas the cache keeps.
+const AREA_CACHE: usize = 8;
+/// The largest area the cache keeps.
+const AREA_CACHE_MAX: usize = 64 << 20;
+/// Cache bytes allowed beyond a quarter of `usage()`.
+const AREA_CACHE_SLACK: usize = 32 << 20;
 
 // SAFETY: the registry owns its buckets and descriptors; it moves between threads under its lock.
 unsafe impl Send for Registry {}
@@ -51,7 +71,15 @@ const INITIAL_SHIFT: u32 = 9;
 
 impl Registry {
     pub(crate) const fn new() -> Self {
-        Registry { buckets: ptr::null_mut(), shift: 0, count: 0, bytes: 0 }
+        Registry {
+            buckets: ptr::null_mut(),
+            shift: 0,
+            count: 0,
+            bytes: 0,
+            cache: [(0, 0); AREA_CACHE],
+            cached: 0,
+            cached_since: 0,
+        }
     }
 
     #[inline]
@@ -169,21 +197,26 @@ impl<P: Platform> Core<P> {
             return ptr::null_mut();
         }
 
-        // The area: charged and mapped, through reclaim when the limit or the page source
-        // refuses (a real ENOMEM takes the same path as the limit).
+        // The area: a cached one, or charged and mapped, through reclaim when the limit or the
+        // page source refuses (a real ENOMEM takes the same path as the limit).
+        let cached = self.area_cache_take(len, align);
         let mut attempt = Attempt::new(len);
-        let p = loop {
-            if self.charge(len, attempt.context(eff)) {
-                // SAFETY: `len` and `align` are page multiples; `align` a power of two.
-                match unsafe { self.os_map(len, align) } {
-                    Some(p) => break p,
-                    None => self.uncharge(len),
+        let (p, len) = if let Some(hit) = cached {
+            hit
+        } else {
+            loop {
+                if self.charge(len, attempt.context(eff)) {
+                    // SAFETY: `len` and `align` are page multiples; `align` a power of two.
+                    match unsafe { self.os_map(len, align) } {
+                        Some(p) => break (p, len),
+                        None => self.uncharge(len),
+                    }
                 }
-            }
-            if let Step::Fail(cause) = self.reclaim_step(eff, &mut attempt) {
-                // SAFETY: the descriptor is ours.
-                unsafe { self.slab_free(desc.cast()) };
-                return self.reclaim_failed(layout.size(), eff, cause);
+                if let Step::Fail(cause) = self.reclaim_step(eff, &mut attempt) {
+                    // SAFETY: the descriptor is ours.
+                    unsafe { self.slab_free(desc.cast()) };
+                    return self.reclaim_failed(layout.size(), eff, cause);
+                }
             }
         };
         // SAFETY: the descriptor is ours until registered.
@@ -196,7 +229,7 @@ impl<P: Platform> Core<P> {
                 return self.alloc_failed(layout.size(), eff);
             }
         }
-        if call.contains(Gfp::ZERO) && !P::MAP_ZEROED {
+        if call.contains(Gfp::ZERO) && (cached.is_some() || !P::MAP_ZEROED) {
             // SAFETY: the mapping is ours and `len` long.
             unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
         }
@@ -301,11 +334,87 @@ impl<P: Platform> Core<P> {
         // SAFETY: the descriptor is ours now; the mapping is the caller's to give up.
         unsafe {
             let VmArea { addr, len, .. } = desc.read();
-            self.os_unmap(NonNull::new_unchecked(self.platform.ptr_from_addr(addr)), len);
-            self.uncharge(len);
             self.slab_free(desc.cast());
+            if !self.area_cache_put(addr, len) {
+                self.os_unmap(NonNull::new_unchecked(self.platform.ptr_from_addr(addr)), len);
+                self.uncharge(len);
+            }
         }
         true
+    }
+
+    /// Keeps a freed area (mapped, charged) for a later allocation; false if the cache has no
+    /// room for it.
+    fn area_cache_put(&self, addr: usize, len: usize) -> bool {
+        // Under a limit, usage is what the limit sees: freed areas go back at once.
+        if !P::CAN_PURGE || len > AREA_CACHE_MAX || self.acct.limit().is_some() {
+            return false;
+        }
+        let first = {
+            let mut reg = self.lock(&self.vmap);
+            if reg.cached + len > self.acct.usage() / 4 + AREA_CACHE_SLACK {
+                return false;
+            }
+            let Some(slot) = reg.cache.iter().position(|&(_, l)| l == 0) else {
+                return false;
+            };
+            reg.cache[slot] = (addr, len);
+            reg.cached += len;
+            let first = reg.cached_since == 0;
+            if first {
+                reg.cached_since = self.platform.now_ns().max(1);
+            }
+            first
+        };
+        if first {
+            self.wake_purger();
+        }
+        true
+    }
+
+    /// A cached area for `len` bytes at `align`, as `(pointer, its length)`: the smallest at
+    /// least `len` and at most half again as long (used whole — a resize would cost as much as
+    /// a fresh mapping), or `None`.
+    fn area_cache_take(&self, len: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
+        if !P::CAN_PURGE {
+            return None;
+        }
+        let mut reg = self.lock(&self.vmap);
+        let best = (0..AREA_CACHE)
+            .filter(|&i| {
+                let (a, l) = reg.cache[i];
+                l >= len && l - len <= len / 2 && a % align == 0
+            })
+            .min_by_key(|&i| reg.cache[i].1)?;
+        let (addr, clen) = core::mem::take(&mut reg.cache[best]);
+        reg.cached -= clen;
+        // SAFETY: a cached mapping of ours that nobody uses.
+        Some((unsafe { NonNull::new_unchecked(self.platform.ptr_from_addr(addr)) }, clen))
+    }
+
+    /// Unmaps the cached areas — all of them, or with `aged` only once they have waited
+    /// `PURGE_DELAY_NS`. Returns whether areas are still waiting.
+    pub(crate) fn area_cache_flush(&self, aged: bool) -> bool {
+        let taken = {
+            let mut reg = self.lock(&self.vmap);
+            if reg.cached_since == 0 {
+                return false;
+            }
+            if aged && self.platform.now_ns().saturating_sub(reg.cached_since) < crate::PURGE_DELAY_NS {
+                return true;
+            }
+            reg.cached = 0;
+            reg.cached_since = 0;
+            core::mem::replace(&mut reg.cache, [(0, 0); AREA_CACHE])
+        };
+        for (addr, len) in taken {
+            if len != 0 {
+                // SAFETY: a cached mapping of ours that nobody uses.
+                unsafe { self.os_unmap(NonNull::new_unchecked(self.platform.ptr_from_addr(addr)), len) };
+                self.uncharge(len);
+            }
+        }
+        false
     }
 
     /// Resizes a vmap area to another vmap size: in place or by `remap` when the platform can

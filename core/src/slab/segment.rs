@@ -463,14 +463,15 @@ impl<P: Platform> Core<P> {
         given
     }
 
-    /// Gives back dirty memory that has waited [`PURGE_DELAY_NS`]: every dirty slice and the
-    /// spare segment, as [`trim`](Self::trim) would. Returns whether dirty memory is still
+    /// Gives back dirty memory that has waited [`PURGE_DELAY_NS`]: every dirty slice, the
+    /// spare segment and the cached large areas, as [`trim`](Self::trim) would. Returns whether dirty memory is still
     /// waiting (call again after [`PURGE_DELAY_NS`]). For the platform's background thread;
     /// calling it from anywhere else is harmless.
     pub fn purge_aged(&self) -> bool {
+        let areas = self.area_cache_flush(true);
         let since = self.lock(&self.pages).dirty_since;
         if since == 0 {
-            return false;
+            return areas;
         }
         if self.platform.now_ns().saturating_sub(since) < PURGE_DELAY_NS {
             return true;
@@ -479,7 +480,7 @@ impl<P: Platform> Core<P> {
         let mut ph = self.lock(&self.pages);
         // New dirty memory since the trim waits its own delay.
         ph.dirty_since = if ph.dirty == 0 { 0 } else { self.platform.now_ns().max(1) };
-        ph.dirty_since != 0
+        ph.dirty_since != 0 || areas
     }
 
     /// Purges every dirty slice and returns the spare segment: the page heap's part of

@@ -529,3 +529,49 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
     let s = core.stats();
     assert!(s.usage <= SLICE_SIZE, "usage {} after the purge\n{s}", s.usage);
 }
+
+#[test]
+fn a_freed_large_area_serves_the_next_one() {
+    // The area cache: a freed area is kept mapped and serves the next large allocation it
+    // fits (no new mapping); ZERO still gets zeroes; trim and the purge delay give it back.
+    let core = new_core(64);
+    let l = Layout::from_size_align(3 << 20, 8).unwrap();
+    let p = core.alloc_with(l, Gfp::KERNEL).unwrap();
+    // SAFETY: 3 MiB of ours.
+    unsafe { p.as_ptr().write_bytes(0xAB, 3 << 20) };
+    // SAFETY: live area of `l`.
+    unsafe { core.dealloc(p.as_ptr(), l) };
+    let maps = core.stats().os_maps;
+    let smaller = Layout::from_size_align(2 << 20, 8).unwrap();
+    let q = core.alloc_with(smaller, Gfp::ZERO).unwrap();
+    assert_eq!(core.stats().os_maps, maps, "served from the cache");
+    assert_eq!(q, p, "the cached area");
+    // SAFETY: 2 MiB of ours.
+    assert!(unsafe { core::slice::from_raw_parts(q.as_ptr(), 2 << 20) }.iter().all(|&b| b == 0));
+    // SAFETY: live area of `smaller`.
+    unsafe { core.dealloc(q.as_ptr(), smaller) };
+    // Too small a cached area (or too big: more than half again) is not used.
+    let bigger = Layout::from_size_align(5 << 20, 8).unwrap();
+    let r = core.alloc_with(bigger, Gfp::KERNEL).unwrap();
+    assert_eq!(core.stats().os_maps, maps + 1, "a new mapping");
+    // SAFETY: 5 MiB of ours, then freed.
+    unsafe {
+        r.as_ptr().add((5 << 20) - 1).write(1);
+        core.dealloc(r.as_ptr(), bigger);
+    }
+    assert!(core.usage() >= 5 << 20, "cached areas stay charged");
+    // The purge delay gives it back (the mock's clock advances 1 ms per reading).
+    let mut calls = 0;
+    while core.purge_aged() {
+        calls += 1;
+        assert!(calls < 10_000, "never purged");
+    }
+    assert_all_returned(&core);
+    // Under a limit, a freed area goes back at once.
+    core.set_limit(Some(32 << 20));
+    let s = core.alloc_with(l, Gfp::KERNEL).unwrap();
+    let u = core.usage();
+    // SAFETY: live area of `l`.
+    unsafe { core.dealloc(s.as_ptr(), l) };
+    assert_eq!(core.usage(), u - (3 << 20));
+}

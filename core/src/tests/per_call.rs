@@ -55,6 +55,8 @@ fn nofail_on_the_vmap_path_retries_page_source_failures() {
     let warm = core.alloc_with(big, Gfp::KERNEL).unwrap();
     // SAFETY: live block.
     unsafe { core.dealloc(warm.as_ptr(), big) };
+    // The freed area is cached: give it back, so the next one needs the page source.
+    core.trim();
     // The next maps fail (ENOMEM): NOFAIL waits and retries instead of failing.
     core.platform().fail_next_maps(3);
     let p = core.alloc_with(big, Gfp::NOFAIL).expect("NOFAIL retries the mapping");
