@@ -509,7 +509,7 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
             live.push((core.alloc_with(l, Gfp::KERNEL).unwrap(), l));
         }
     }
-    assert!(core.stats().slab_pages > 10, "{}", core.stats());
+    assert!(core.stats().slab_pages >= if MIRI { 5 } else { 40 }, "{}", core.stats());
     for (p, l) in live {
         // SAFETY: live blocks of `l`.
         unsafe { core.dealloc(p.as_ptr(), l) };
@@ -547,7 +547,8 @@ fn a_freed_large_area_serves_the_next_one() {
     assert_eq!(core.stats().os_maps, maps, "served from the cache");
     assert_eq!(q, p, "the cached area");
     // SAFETY: 2 MiB of ours.
-    assert!(unsafe { core::slice::from_raw_parts(q.as_ptr(), 2 << 20) }.iter().all(|&b| b == 0));
+    let zeroed = unsafe { core::slice::from_raw_parts(q.as_ptr(), 2 << 20) };
+    assert!(zeroed.iter().step_by(if MIRI { 4093 } else { 1 }).all(|&b| b == 0));
     // SAFETY: live area of `smaller`.
     unsafe { core.dealloc(q.as_ptr(), smaller) };
     // Too small a cached area (or too big: more than half again) is not used.
