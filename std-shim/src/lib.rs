@@ -205,7 +205,8 @@ pub fn stats() -> Stats {
 }
 
 /// Gives memory kept for speed back to the operating system: this thread's empty pages, the
-/// spare segment, and the physical pages of free slices (`malloc_trim`).
+/// spare segment, the cached large areas, and the physical pages of free slices
+/// (`malloc_trim`). The background thread does the same for memory that has waited 200 ms.
 ///
 /// ```
 /// ctxalloc::trim();
