@@ -125,7 +125,7 @@ pub fn mixed_churn<A: GlobalAlloc>(a: &A, s: &mut Slots, sizes: &[usize], rng: &
     for _ in 0..iters {
         let i = rng.below(n) as usize;
         let (p, _) = s.slots[i];
-        let l = Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8).unwrap();
+        let l = pick(rng, sizes);
         // SAFETY: a live block of the slot's layout, replaced by a fresh one.
         unsafe {
             a.dealloc(p, s.slots[i].1);
@@ -149,45 +149,58 @@ pub fn larson<A: GlobalAlloc + Sync>(
     ops: usize,
     sizes: &[usize],
 ) {
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::sync_channel::<Batch>(1)).unzip();
-    thread::scope(|sc| {
-        for (i, rx) in rxs.into_iter().enumerate() {
-            let tx = txs[(i + 1) % threads].clone();
-            sc.spawn(move || {
-                let mut rng = Rng::new(i as u64 + 1);
-                let mut set = Batch(Vec::with_capacity(slots));
-                for _ in 0..slots {
-                    let l =
-                        Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8).unwrap();
-                    // SAFETY: non-zero size.
-                    set.0.push((unsafe { a.alloc(l) }, l));
-                }
-                for _ in 0..rounds {
-                    for _ in 0..ops {
-                        let j = rng.below(slots as u64) as usize;
-                        let l = Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8)
-                            .unwrap();
-                        let (p, old) = set.0[j];
-                        // SAFETY: a live block of the set, now ours, replaced by a fresh one.
-                        unsafe { a.dealloc(p, old) };
-                        // SAFETY: non-zero size.
-                        set.0[j] = (unsafe { a.alloc(l) }, l);
-                    }
-                    tx.send(set).unwrap();
-                    set = rx.recv().unwrap();
-                }
-                for (p, l) in set.0 {
-                    // SAFETY: the last generation's blocks, ours to free.
-                    unsafe { a.dealloc(p, l) };
-                }
-            });
+    ring(threads, 1, |i, tx, rx| {
+        let mut rng = Rng::new(i as u64 + 1);
+        let mut set = Batch(Vec::with_capacity(slots));
+        for _ in 0..slots {
+            let l = pick(&mut rng, sizes);
+            // SAFETY: non-zero size.
+            set.0.push((unsafe { a.alloc(l) }, l));
         }
-        drop(txs);
+        for _ in 0..rounds {
+            for _ in 0..ops {
+                let j = rng.below(slots as u64) as usize;
+                let l = pick(&mut rng, sizes);
+                let (p, old) = set.0[j];
+                // SAFETY: a live block of the set, now ours, replaced by a fresh one.
+                unsafe { a.dealloc(p, old) };
+                // SAFETY: non-zero size.
+                set.0[j] = (unsafe { a.alloc(l) }, l);
+            }
+            tx.send(set).unwrap();
+            set = rx.recv().unwrap();
+        }
+        for (p, l) in set.0 {
+            // SAFETY: the last generation's blocks, ours to free.
+            unsafe { a.dealloc(p, l) };
+        }
     });
 }
 
 /// A batch of blocks on its way to the thread that frees them.
 struct Batch(Vec<(*mut u8, Layout)>);
+
+/// Runs `body(i, to_successor, from_predecessor)` on `threads` threads joined in a ring by
+/// channels of `capacity` batches.
+fn ring<F>(threads: usize, capacity: usize, body: F)
+where
+    F: Fn(usize, mpsc::SyncSender<Batch>, mpsc::Receiver<Batch>) + Sync,
+{
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::sync_channel::<Batch>(capacity)).unzip();
+    thread::scope(|sc| {
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let tx = txs[(i + 1) % threads].clone();
+            let body = &body;
+            sc.spawn(move || body(i, tx, rx));
+        }
+        drop(txs);
+    });
+}
+
+/// An 8-aligned layout of a size drawn from `sizes`.
+pub fn pick(rng: &mut Rng, sizes: &[usize]) -> Layout {
+    Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8).unwrap()
+}
 
 // SAFETY: the blocks are plain memory owned by the batch; whoever holds it may free them.
 unsafe impl Send for Batch {}
@@ -197,37 +210,29 @@ unsafe impl Send for Batch {}
 /// a fresh batch of `batch` blocks of mixed sizes. Every free is a cross-thread free, and the
 /// hand-over costs one channel message per batch, not per block, so the allocator dominates.
 pub fn exchange<A: GlobalAlloc + Sync>(a: &A, threads: usize, rounds: usize, batch: usize, sizes: &[usize]) {
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::sync_channel::<Batch>(1)).unzip();
-    thread::scope(|sc| {
-        for (i, rx) in rxs.into_iter().enumerate() {
-            let tx = txs[(i + 1) % threads].clone();
-            sc.spawn(move || {
-                let mut rng = Rng::new(i as u64 + 1);
-                let fill = |b: &mut Batch, rng: &mut Rng| {
-                    for _ in 0..batch {
-                        let size = sizes[rng.below(sizes.len() as u64) as usize];
-                        let l = Layout::from_size_align(size, 8).unwrap();
-                        // SAFETY: non-zero size.
-                        b.0.push((unsafe { a.alloc(l) }, l));
-                    }
-                };
-                let mut b = Batch(Vec::with_capacity(batch));
+    ring(threads, 1, |i, tx, rx| {
+        let mut rng = Rng::new(i as u64 + 1);
+        let fill = |b: &mut Batch, rng: &mut Rng| {
+            for _ in 0..batch {
+                let l = pick(rng, sizes);
+                // SAFETY: non-zero size.
+                b.0.push((unsafe { a.alloc(l) }, l));
+            }
+        };
+        let mut b = Batch(Vec::with_capacity(batch));
+        fill(&mut b, &mut rng);
+        tx.send(b).unwrap();
+        for round in 0..rounds {
+            let mut b = rx.recv().unwrap();
+            for (p, l) in b.0.drain(..) {
+                // SAFETY: allocated by the predecessor with `l`, now ours.
+                unsafe { a.dealloc(p, l) };
+            }
+            if round + 1 < rounds {
                 fill(&mut b, &mut rng);
                 tx.send(b).unwrap();
-                for round in 0..rounds {
-                    let mut b = rx.recv().unwrap();
-                    for (p, l) in b.0.drain(..) {
-                        // SAFETY: allocated by the predecessor with `l`, now ours.
-                        unsafe { a.dealloc(p, l) };
-                    }
-                    if round + 1 < rounds {
-                        fill(&mut b, &mut rng);
-                        tx.send(b).unwrap();
-                    }
-                }
-            });
+            }
         }
-        drop(txs);
     });
 }
 

@@ -3,7 +3,7 @@
 //! a tenth of a second on this machine; the shapes (what is live, who frees what) are the
 //! originals'.
 
-use crate::{larson, Batch, Rng};
+use crate::{larson, ring, Batch, Rng};
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::{mpsc, Mutex};
@@ -172,40 +172,33 @@ pub fn cache_scratch_n<A: GlobalAlloc + Sync>(a: &A, threads: usize) {
 /// frees it: 1000 rounds.
 pub fn rptest_n<A: GlobalAlloc + Sync>(a: &A, threads: usize) {
     const ROUNDS: usize = 1000;
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::sync_channel::<Batch>(2)).unzip();
-    thread::scope(|s| {
-        for (i, rx) in rxs.into_iter().enumerate() {
-            let tx = txs[(i + 1) % threads].clone();
-            s.spawn(move || {
-                let mut rng = Rng::new(i as u64 + 7);
-                for _ in 0..ROUNDS {
-                    let mut give = Batch(Vec::with_capacity(256));
-                    let mut mine = Vec::with_capacity(256);
-                    for _ in 0..512 {
-                        let l = layout(log_size(&mut rng, 8, 16000));
-                        let p = alloc(a, l);
-                        // SAFETY: at least 8 bytes.
-                        unsafe { p.write(1) };
-                        if rng.below(2) == 0 {
-                            give.0.push((p, l))
-                        } else {
-                            mine.push((p, l))
-                        }
-                    }
-                    for (p, l) in mine {
-                        // SAFETY: ours.
-                        unsafe { free(a, p, l) };
-                    }
-                    tx.send(give).unwrap();
-                    let got = rx.recv().unwrap();
-                    for (p, l) in got.0 {
-                        // SAFETY: handed to us by our predecessor.
-                        unsafe { free(a, p, l) };
-                    }
+    ring(threads, 2, |i, tx, rx| {
+        let mut rng = Rng::new(i as u64 + 7);
+        for _ in 0..ROUNDS {
+            let mut give = Batch(Vec::with_capacity(256));
+            let mut mine = Vec::with_capacity(256);
+            for _ in 0..512 {
+                let l = layout(log_size(&mut rng, 8, 16000));
+                let p = alloc(a, l);
+                // SAFETY: at least 8 bytes.
+                unsafe { p.write(1) };
+                if rng.below(2) == 0 {
+                    give.0.push((p, l))
+                } else {
+                    mine.push((p, l))
                 }
-            });
+            }
+            for (p, l) in mine {
+                // SAFETY: ours.
+                unsafe { free(a, p, l) };
+            }
+            tx.send(give).unwrap();
+            let got = rx.recv().unwrap();
+            for (p, l) in got.0 {
+                // SAFETY: handed to us by our predecessor.
+                unsafe { free(a, p, l) };
+            }
         }
-        drop(txs);
     });
 }
 
