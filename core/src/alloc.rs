@@ -644,6 +644,9 @@ impl<P: Platform> Core<P> {
     pub unsafe fn fork_child(&self) {
         // SAFETY: per the contract.
         unsafe { self.release_all() };
+        // The child has no background thread: the next free memory arms the purge again.
+        self.lock(&self.pages).dirty_since = 0;
+        self.lock(&self.vmap).cached_since = 0;
         let me = self.thread().heap.get();
         let orphan = self.lock(&self.orphan).0;
         let mut h = self.lock(&self.heaps).all;

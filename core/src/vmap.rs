@@ -53,8 +53,9 @@ pub(crate) struct Registry {
     cache: [(usize, usize); AREA_CACHE],
     /// Bytes in `cache`.
     cached: usize,
-    /// When the cache last went from empty to not (platform clock), 0 while empty.
-    cached_since: u64,
+    /// When the cache was armed for [`Core::purge_aged`] (platform clock), 0 until the next
+    /// area is cached (after a flush, or in the child of `fork`).
+    pub(crate) cached_since: u64,
 }
 
 /// Freed areas the cache keeps.
@@ -397,11 +398,13 @@ impl<P: Platform> Core<P> {
     pub(crate) fn area_cache_flush(&self, aged: bool) -> bool {
         let taken = {
             let mut reg = self.lock(&self.vmap);
-            if reg.cached_since == 0 {
-                return false;
-            }
-            if aged && self.platform.now_ns().saturating_sub(reg.cached_since) < crate::PURGE_DELAY_NS {
-                return true;
+            if aged {
+                if reg.cached_since == 0 {
+                    return false;
+                }
+                if self.platform.now_ns().saturating_sub(reg.cached_since) < crate::PURGE_DELAY_NS {
+                    return true;
+                }
             }
             reg.cached = 0;
             reg.cached_since = 0;

@@ -86,8 +86,9 @@ pub(crate) struct PageHeap {
     /// The pinned segment metadata was last carved from (null before the first).
     meta: *mut Segment,
     /// When dirty memory last appeared with none before (platform clock), or 0 if none is
-    /// waiting for [`Core::purge_aged`].
-    dirty_since: u64,
+    /// waiting for [`Core::purge_aged`]. Reset in the child of `fork` (which has no background
+    /// thread: the next free page there arms it again).
+    pub(crate) dirty_since: u64,
 }
 
 // SAFETY: the page heap only holds pointers into segments it owns; it moves between threads
@@ -464,9 +465,9 @@ impl<P: Platform> Core<P> {
     }
 
     /// Gives back dirty memory that has waited [`PURGE_DELAY_NS`]: every dirty slice, the
-    /// spare segment and the cached large areas, as [`trim`](Self::trim) would. Returns whether dirty memory is still
-    /// waiting (call again after [`PURGE_DELAY_NS`]). For the platform's background thread;
-    /// calling it from anywhere else is harmless.
+    /// spare segment and the cached large areas, as [`trim`](Self::trim) would. Returns
+    /// whether dirty memory is still waiting (call again after [`PURGE_DELAY_NS`]). For the
+    /// platform's background thread; calling it from anywhere else is harmless.
     pub fn purge_aged(&self) -> bool {
         let areas = self.area_cache_flush(true);
         let since = self.lock(&self.pages).dirty_since;
