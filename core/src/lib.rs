@@ -137,6 +137,7 @@ pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
 pub use scoped_lock::{ContextHolder, ScopedSpinGuard, ScopedSpinLock};
 #[cfg(not(loom))]
 pub use slab::segment::PURGE_DELAY_NS;
+#[cfg(not(loom))]
 pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
 #[cfg(not(loom))]
 pub use stats::{ShrinkerRow, Stats, MAX_SHRINKER_ROWS};
