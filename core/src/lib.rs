@@ -27,21 +27,23 @@
 //!
 //! ## A first allocation, step by step
 //!
-//! 1. `Core::alloc(Layout { size: 24, align: 8 })`: size ≤ 1 KiB and align ≤ 16, so one table
-//!    lookup gives class 1 (32 B).
+//! 1. `Core::alloc(Layout { size: 24, align: 8 })`: size ≤ 1 KiB and align ≤ 16, so the fast
+//!    path indexes the heap's page table by 16-byte granule: `(24 + 15) / 16 = 2`.
 //! 2. [`Platform::thread`] returns the thread's [`ThreadCtx`]; its heap is the static empty heap,
-//!    whose `direct[1]` is the static empty page, whose `free` list is null: no special
+//!    whose `small[2]` is the static empty page, whose `free` list is null: no special
 //!    "initialised?" test was needed to get here — the ordinary "list empty" test sends us on.
-//! 3. The slow path sees the empty heap and the thread's state *New*: it takes a heap from the
-//!    pool (mapping 64 KiB of heaps the first time) and tells the platform, which registers the
-//!    thread-exit hook.
+//! 3. The slow path looks up the class (1: 32 B), sees the empty heap and the thread's state
+//!    *New*: it takes a heap from the pool — new heaps are carved from the unused tail of a
+//!    segment header, so the first one maps the first segment — and tells the platform, which
+//!    registers the thread-exit hook.
 //! 4. The heap's queue for class 1 is empty, no full page received frees, no abandoned page of
 //!    class 1 exists: a fresh page is needed, and *only now* is the context word read — the
 //!    effective context (call flags ∪ word) is what the page heap charges memory under.
-//! 5. The page heap has no segment: it maps 4 MiB aligned to 4 MiB, charges the header, hands
-//!    out slice 1 as a page of 2048 blocks of 32 B and records it in the segment's slice map.
-//! 6. 128 blocks (4 KiB) are carved onto the page's `free` list; the first is popped and returned.
-//!    The next 127 allocations of class 1 are each: TLS load, table load, page load, list pop.
+//! 5. The page heap has that segment (4 MiB aligned to 4 MiB, header charged): it hands out
+//!    slice 1 as a page of 2048 blocks of 32 B and records it in the segment's slice map.
+//! 6. 512 blocks (16 KiB) are carved onto the page's `free` list; the first is popped and
+//!    returned. The next 511 allocations of 17–32 B are each: two compares, TLS load, table
+//!    load, page load, list pop.
 //! 7. Freeing: `addr & !(4 MiB − 1)` is the segment, `(addr >> 16) & 63` its slice-map index,
 //!    the page's `owner` is our heap, so the block goes on the page's `local_free` list. Another
 //!    thread freeing it would push it on the page's atomic remote list instead.
