@@ -199,7 +199,7 @@ where
 
 /// An 8-aligned layout of a size drawn from `sizes`.
 pub fn pick(rng: &mut Rng, sizes: &[usize]) -> Layout {
-    Layout::from_size_align(sizes[rng.below(sizes.len() as u64) as usize], 8).unwrap()
+    mbench::layout(sizes[rng.below(sizes.len() as u64) as usize])
 }
 
 // SAFETY: the blocks are plain memory owned by the batch; whoever holds it may free them.

@@ -10,7 +10,8 @@ use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn layout(size: usize) -> Layout {
+/// An 8-aligned layout of `size` bytes.
+pub(crate) fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
 

@@ -216,12 +216,8 @@ impl<P: Platform> Core<P> {
     /// As [`alloc`](Self::alloc).
     #[inline(never)]
     unsafe fn alloc_aligned(&self, layout: Layout) -> *mut u8 {
-        match class_for(layout.size(), layout.align()) {
-            // SAFETY: the class serves the layout.
-            Some(class) => unsafe { self.alloc_class(class, layout.size(), Gfp::KERNEL) },
-            // SAFETY: forwarded.
-            None => unsafe { self.alloc_gfp(layout, Gfp::KERNEL) },
-        }
+        // SAFETY: forwarded.
+        unsafe { self.alloc_gfp(layout, Gfp::KERNEL) }
     }
 
     /// Pops a block of `class`, or takes the slow path.
@@ -645,8 +641,8 @@ impl<P: Platform> Core<P> {
         // SAFETY: per the contract.
         unsafe { self.release_all() };
         // The child has no background thread: the next free memory arms the purge again.
-        self.lock(&self.pages).dirty_since = 0;
-        self.lock(&self.vmap).cached_since = 0;
+        self.lock(&self.pages).clock.disarm();
+        self.lock(&self.vmap).clock.disarm();
         let me = self.thread().heap.get();
         let orphan = self.lock(&self.orphan).0;
         let mut h = self.lock(&self.heaps).all;

@@ -128,6 +128,8 @@ pub use mempool::{Mempool, PoolBox, WAIT_NS as MEMPOOL_WAIT_NS};
 #[cfg(not(loom))]
 pub use page::emergency_reserve;
 #[cfg(not(loom))]
+pub use page::PURGE_DELAY_NS;
+#[cfg(not(loom))]
 pub use platform::{Platform, ThreadCtx};
 #[cfg(not(loom))]
 pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
@@ -137,8 +139,6 @@ pub use reclaim::{Cause, ShrinkerId, ShrinkerStats};
 pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
 #[cfg(not(loom))]
 pub use scoped_lock::{ContextHolder, ScopedSpinGuard, ScopedSpinLock};
-#[cfg(not(loom))]
-pub use slab::segment::PURGE_DELAY_NS;
 #[cfg(not(loom))]
 pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
 #[cfg(not(loom))]

@@ -11,6 +11,49 @@ use core::ptr::NonNull;
 /// No limit.
 const UNLIMITED: usize = usize::MAX;
 
+/// How long memory kept only for speed (dirty slices, cached large areas) may wait before
+/// [`Core::purge_aged`] gives it back: long enough that a working set that shrinks and regrows
+/// keeps its pages (no madvise/fault cycles), short enough that a program going idle after a
+/// burst is back to its size within a second.
+pub const PURGE_DELAY_NS: u64 = 200_000_000;
+
+/// When memory kept for speed started waiting for [`Core::purge_aged`]: the platform clock at
+/// arming, or 0 when nothing waits. Lives in the structure whose memory it times, under that
+/// structure's lock.
+pub(crate) struct PurgeClock(u64);
+
+impl PurgeClock {
+    pub(crate) const fn new() -> Self {
+        PurgeClock(0)
+    }
+
+    /// Starts the wait unless one is running; true if it started it (the caller then wakes the
+    /// background thread). `now` is read only then.
+    pub(crate) fn arm(&mut self, now: impl FnOnce() -> u64) -> bool {
+        if self.0 != 0 {
+            return false;
+        }
+        self.0 = now().max(1);
+        true
+    }
+
+    /// Whether something is waiting.
+    pub(crate) fn armed(&self) -> bool {
+        self.0 != 0
+    }
+
+    /// Whether something has waited [`PURGE_DELAY_NS`]; `now` is read only if something waits.
+    pub(crate) fn due(&self, now: impl FnOnce() -> u64) -> bool {
+        self.0 != 0 && now().saturating_sub(self.0) >= PURGE_DELAY_NS
+    }
+
+    /// Nothing waits any more (it was given back, or — after `fork` — the next free memory
+    /// arms the clock again and so starts the child's background thread).
+    pub(crate) fn disarm(&mut self) {
+        self.0 = 0;
+    }
+}
+
 /// Bytes charged, the most ever charged, and the limit. Any thread, Relaxed: the numbers are a
 /// budget and statistics, not a synchronisation point (a charge is one CAS against the ceiling
 /// of its context, so `usage` never passes the limit).

@@ -19,6 +19,7 @@
 //! has waited `PURGE_DELAY_NS`.
 
 use crate::gfp::{Effective, Gfp};
+use crate::page::PurgeClock;
 use crate::reclaim::{Attempt, Step};
 use crate::size_class::class_of;
 use crate::sync::Ordering;
@@ -53,9 +54,8 @@ pub(crate) struct Registry {
     cache: [(usize, usize); AREA_CACHE],
     /// Bytes in `cache`.
     cached: usize,
-    /// When the cache was armed for [`Core::purge_aged`] (platform clock), 0 until the next
-    /// area is cached (after a flush, or in the child of `fork`).
-    pub(crate) cached_since: u64,
+    /// Armed when an area is cached with none waiting before.
+    pub(crate) clock: PurgeClock,
 }
 
 /// Freed areas the cache keeps.
@@ -79,7 +79,7 @@ impl Registry {
             bytes: 0,
             cache: [(0, 0); AREA_CACHE],
             cached: 0,
-            cached_since: 0,
+            clock: PurgeClock::new(),
         }
     }
 
@@ -361,14 +361,10 @@ impl<P: Platform> Core<P> {
             };
             reg.cache[slot] = (addr, len);
             reg.cached += len;
-            let first = reg.cached_since == 0;
-            if first {
-                reg.cached_since = self.platform.now_ns().max(1);
-            }
-            first
+            reg.clock.arm(|| self.platform.now_ns())
         };
         if first {
-            self.wake_purger();
+            self.wake_background_thread();
         }
         true
     }
@@ -398,16 +394,11 @@ impl<P: Platform> Core<P> {
     pub(crate) fn area_cache_flush(&self, aged: bool) -> bool {
         let taken = {
             let mut reg = self.lock(&self.vmap);
-            if aged {
-                if reg.cached_since == 0 {
-                    return false;
-                }
-                if self.platform.now_ns().saturating_sub(reg.cached_since) < crate::PURGE_DELAY_NS {
-                    return true;
-                }
+            if aged && !reg.clock.due(|| self.platform.now_ns()) {
+                return reg.clock.armed();
             }
             reg.cached = 0;
-            reg.cached_since = 0;
+            reg.clock.disarm();
             core::mem::replace(&mut reg.cache, [(0, 0); AREA_CACHE])
         };
         for (addr, len) in taken {

@@ -470,14 +470,12 @@ impl<P: Platform> Core<P> {
         if self.acct.limit().is_none() || self.reclaim.bg_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.platform.background_wanted();
-        self.reclaim.bg_seq.fetch_add(1, Ordering::SeqCst);
-        self.platform.wake_all(&self.reclaim.bg_seq);
+        self.wake_background_thread();
     }
 
-    /// Dirty memory appeared in the page heap: start or wake the platform's background thread,
-    /// which gives it back through [`purge_aged`](Self::purge_aged) once it has waited.
-    pub(crate) fn wake_purger(&self) {
+    /// Starts or wakes the platform's background thread: for reclaim, or because memory kept
+    /// for speed started waiting for [`purge_aged`](Self::purge_aged).
+    pub(crate) fn wake_background_thread(&self) {
         self.platform.background_wanted();
         self.reclaim.bg_seq.fetch_add(1, Ordering::SeqCst);
         self.platform.wake_all(&self.reclaim.bg_seq);

@@ -7,7 +7,7 @@
 //! Accounting is per slice: a slice is *committed* once handed out (charged to `usage()`), stays
 //! committed while free ("dirty", reused first), and is *purged* — given back to the platform
 //! and uncharged — once too many dirty bytes pile up, once dirty memory has waited
-//! [`PURGE_DELAY_NS`] (the platform's background thread calls [`Core::purge_aged`]: an idle
+//! [`PURGE_DELAY_NS`](crate::PURGE_DELAY_NS) (the platform's background thread calls [`Core::purge_aged`]: an idle
 //! program's resident set falls back without any allocator call), or on [`Core::trim`]. A
 //! segment whose every slice is free is kept as the one spare, or returned to the page source.
 //!
@@ -20,6 +20,7 @@
 use super::page::Page;
 use super::{SEGMENT_MASK, SEGMENT_SIZE, SLICES, SLICE_SHIFT, SLICE_SIZE};
 use crate::gfp::Effective;
+use crate::page::PurgeClock;
 use crate::size_class::{class_size, class_slices};
 use crate::sync::Ordering;
 use crate::{Core, Platform};
@@ -30,11 +31,6 @@ const ALL_SLICES: u64 = !1;
 
 /// Dirty bytes tolerated before free slices are purged at once (plus an eighth of `usage()`).
 const PURGE_SLACK: usize = 8 << 20;
-
-/// How long dirty memory may wait before [`Core::purge_aged`] gives it back: long enough that
-/// a working set that shrinks and regrows keeps its pages (no madvise/fault cycles), short
-/// enough that a program going idle after a burst is back to its size within a second.
-pub const PURGE_DELAY_NS: u64 = 200_000_000;
 
 /// The header of a segment, at its start.
 ///
@@ -85,10 +81,8 @@ pub(crate) struct PageHeap {
     pub(crate) segments: usize,
     /// The pinned segment metadata was last carved from (null before the first).
     meta: *mut Segment,
-    /// When dirty memory last appeared with none before (platform clock), or 0 if none is
-    /// waiting for [`Core::purge_aged`]. Reset in the child of `fork` (which has no background
-    /// thread: the next free page there arms it again).
-    pub(crate) dirty_since: u64,
+    /// Armed when dirty memory appears with none waiting before.
+    pub(crate) clock: PurgeClock,
 }
 
 // SAFETY: the page heap only holds pointers into segments it owns; it moves between threads
@@ -103,7 +97,7 @@ impl PageHeap {
             dirty: 0,
             segments: 0,
             meta: ptr::null_mut(),
-            dirty_since: 0,
+            clock: PurgeClock::new(),
         }
     }
 
@@ -240,13 +234,7 @@ impl<P: Platform> Core<P> {
                     continue;
                 }
             }
-            // Map outside the lock: a system call should not make other threads spin.
-            // SAFETY: plain call; the result is a fresh segment.
-            let seg = unsafe { self.segment_map(eff)? };
-            let mut ph = self.lock(&self.pages);
-            ph.segments += 1;
-            // SAFETY: a fresh segment on no list, under the lock.
-            unsafe { ph.link(seg) };
+            self.segment_add(eff)?;
         }
     }
 
@@ -298,12 +286,7 @@ impl<P: Platform> Core<P> {
                     }
                 }
             }
-            // SAFETY: plain call; the result is a fresh segment.
-            let seg = unsafe { self.segment_map(eff)? };
-            let mut ph = self.lock(&self.pages);
-            ph.segments += 1;
-            // SAFETY: a fresh segment on no list, under the lock.
-            unsafe { ph.link(seg) };
+            self.segment_add(eff)?;
         }
     }
 
@@ -336,6 +319,19 @@ impl<P: Platform> Core<P> {
             (*page).fresh_zero = clean && P::MAP_ZEROED;
             (*page).owner.store(owner, Ordering::Relaxed);
         }
+    }
+
+    /// Maps a segment (outside the page-heap lock: a system call should not make other threads
+    /// spin) and puts it on the partial list; `None` if the accounting or the page source
+    /// refuses.
+    fn segment_add(&self, eff: Effective) -> Option<()> {
+        // SAFETY: plain call; the result is a fresh segment.
+        let seg = unsafe { self.segment_map(eff)? };
+        let mut ph = self.lock(&self.pages);
+        ph.segments += 1;
+        // SAFETY: a fresh segment on no list, under the lock.
+        unsafe { ph.link(seg) };
+        Some(())
     }
 
     /// Maps and initialises a segment, charging its header.
@@ -377,7 +373,7 @@ impl<P: Platform> Core<P> {
         let run = run_mask(idx, n);
         self.counters.slab_pages.fetch_sub(1, Ordering::Relaxed);
         let mut unmap = None;
-        let mut purge_later = false;
+        let purge_later;
         {
             let mut ph = self.lock(&self.pages);
             // SAFETY: the segment is live (it holds this page); page-heap fields under the lock.
@@ -393,11 +389,8 @@ impl<P: Platform> Core<P> {
                 if was_full {
                     ph.link(seg);
                 }
-                if P::CAN_PURGE && ph.dirty_since == 0 {
-                    // Dirty memory appeared: have the background thread purge it if it waits.
-                    ph.dirty_since = self.platform.now_ns().max(1);
-                    purge_later = true;
-                }
+                // Dirty memory appeared: have the background thread purge it if it waits.
+                purge_later = P::CAN_PURGE && ph.clock.arm(|| self.platform.now_ns());
                 if (*seg).free & ALL_SLICES == ALL_SLICES {
                     if (*seg).meta_end != 0 {
                         // Pinned: stays on the partial list.
@@ -421,7 +414,7 @@ impl<P: Platform> Core<P> {
             unsafe { self.segment_unmap(seg, dirty) };
         }
         if purge_later {
-            self.wake_purger();
+            self.wake_background_thread();
         }
     }
 
@@ -464,24 +457,26 @@ impl<P: Platform> Core<P> {
         given
     }
 
-    /// Gives back dirty memory that has waited [`PURGE_DELAY_NS`]: every dirty slice, the
+    /// Gives back dirty memory that has waited [`PURGE_DELAY_NS`](crate::PURGE_DELAY_NS): every dirty slice, the
     /// spare segment and the cached large areas, as [`trim`](Self::trim) would. Returns
-    /// whether dirty memory is still waiting (call again after [`PURGE_DELAY_NS`]). For the
+    /// whether dirty memory is still waiting (call again after [`PURGE_DELAY_NS`](crate::PURGE_DELAY_NS)). For the
     /// platform's background thread; calling it from anywhere else is harmless.
     pub fn purge_aged(&self) -> bool {
         let areas = self.area_cache_flush(true);
-        let since = self.lock(&self.pages).dirty_since;
-        if since == 0 {
-            return areas;
-        }
-        if self.platform.now_ns().saturating_sub(since) < PURGE_DELAY_NS {
-            return true;
+        {
+            let ph = self.lock(&self.pages);
+            if !ph.clock.due(|| self.platform.now_ns()) {
+                return ph.clock.armed() || areas;
+            }
         }
         self.pages_trim();
         let mut ph = self.lock(&self.pages);
         // New dirty memory since the trim waits its own delay.
-        ph.dirty_since = if ph.dirty == 0 { 0 } else { self.platform.now_ns().max(1) };
-        ph.dirty_since != 0 || areas
+        ph.clock.disarm();
+        if ph.dirty != 0 {
+            ph.clock.arm(|| self.platform.now_ns());
+        }
+        ph.clock.armed() || areas
     }
 
     /// Purges every dirty slice and returns the spare segment: the page heap's part of
