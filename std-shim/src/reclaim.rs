@@ -90,7 +90,9 @@ impl Drop for ShrinkerHandle {
 /// impl Shrinker for Cache {
 ///     fn name(&self) -> &str { "my-cache" }
 ///     fn class(&self) -> ReclaimClass { ReclaimClass::Fs }
-///     fn count(&self, _: &ShrinkControl) -> usize { self.0.lock().unwrap().len() }
+///     fn count(&self, _: &ShrinkControl) -> usize {
+///         self.0.try_lock().map_or(0, |c| c.len()) // never block: the holder may be reclaiming
+///     }
 ///     fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
 ///         let Ok(mut c) = self.0.try_lock() else { return ScanResult::Stop };
 ///         let n = sc.nr_to_scan.min(c.len());

@@ -213,14 +213,73 @@ pub fn run_child(test: &str) -> Output {
     run_child_env(test, &[])
 }
 
+/// How long a child scenario may run before [`run_child`] declares it hung. A guard so that a
+/// deadlock fails the test with the child's stacks instead of stalling the whole run; no
+/// scenario is meant to come near it (the slowest takes about 10 s in a debug build).
+pub const CHILD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// [`run_child`] with extra environment variables.
+///
+/// A child still running after [`CHILD_DEADLINE`] is killed; if `gdb` is installed, every
+/// thread's stack is captured first and appended to the child's stderr.
 pub fn run_child_env(test: &str, env: &[(&str, &str)]) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::sync::mpsc;
     let mut c = Command::new(std::env::current_exe().expect("test binary path"));
     c.args(["--exact", test, "--nocapture", "--test-threads=1"]).env(CHILD_ENV, test);
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().expect("spawning the child test process")
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawning the child test process");
+    let pid = child.id();
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let (exited, has_exited) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: waitid(2) on our own child with WNOWAIT: it waits for the exit but leaves the
+        // child unreaped, so its pid stays ours until `child.wait()` below; `info` is writable.
+        unsafe { libc::waitid(libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED | libc::WNOWAIT) };
+        let _ = exited.send(());
+    });
+    let mut stacks = None;
+    if has_exited.recv_timeout(CHILD_DEADLINE) == Err(mpsc::RecvTimeoutError::Timeout) {
+        stacks = Some(
+            Command::new("gdb")
+                .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("(no stacks: gdb: {e})")),
+        );
+        // SAFETY: kill(2) on our child, not yet reaped (only `child.wait()` below reaps it), so
+        // the pid cannot have been reused; no memory is involved.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let status = child.wait().expect("waiting for the child test process");
+    let mut out = Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    if let Some(stacks) = stacks {
+        let note = format!(
+            "\n--- child {test} hung: killed after {} s; its threads were:\n{stacks}",
+            CHILD_DEADLINE.as_secs()
+        );
+        out.stderr.extend_from_slice(note.as_bytes());
+    }
+    out
 }
 
 /// Runs the child scenario `test` and asserts it passed, showing its output if not.

@@ -25,7 +25,7 @@ impl Shrinker for Cache {
         ReclaimClass::Other
     }
     fn count(&self, _: &ShrinkControl) -> usize {
-        self.0.lock().unwrap().len()
+        self.0.try_lock().map_or(0, |c| c.len())
     }
     fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
         let Ok(mut c) = self.0.try_lock() else { return ScanResult::Stop };

@@ -17,7 +17,11 @@ use crate::gfp::{Gfp, ReclaimClass};
 ///   [`ReclaimClass::Io`] never inside a NOIO scope. The work it would have done is deferred and
 ///   handed to the next reclaim that may call it. A shrinker therefore may take any lock that
 ///   code holding the matching scope could hold.
-/// * `count` returns how many objects could be freed now; 0 means "skip me". It should be cheap.
+/// * `count` returns how many objects could be freed now; 0 means "skip me". It must not block:
+///   read a counter, or try the cache's lock and return 0 if it is held. The thread reclaiming
+///   may be the one holding that lock — any code that allocates while holding it (a `Vec::push`
+///   under the lock is enough) reclaims with the lock held, and a scope excludes only the `Fs`
+///   and `Io` classes.
 /// * `scan` frees up to `sc.nr_to_scan` objects and returns how many it freed, or
 ///   [`ScanResult::Stop`] to end its part of this reclaim pass (say, when a trylock fails). It
 ///   may lower `sc.nr_scanned` if it looked at fewer objects.
