@@ -16,6 +16,7 @@ use crate::size_class::{class_for, class_size, small_class, MIN_ALIGN, SMALL_MAX
 use crate::slab::abandon::{Abandoned, HeapPool, OrphanSlot};
 use crate::slab::heap::{pop, Heap};
 use crate::slab::remote::Block;
+use crate::slab::segmap::SegMap;
 use crate::slab::segment::PageHeap;
 use crate::stats::{Bytes, Counters, Limit};
 use crate::sync::{AtomicUsize, Ordering, SpinGuard, SpinLock};
@@ -57,6 +58,9 @@ pub struct Core<P: Platform> {
     // earlier; none is held across a shrinker call or a wait.
     /// Segments and spans.
     pub(crate) pages: SpinLock<PageHeap>,
+    /// Which addresses are live segments (for [`kfree`](Self::kfree)); written under `pages`,
+    /// read by anyone.
+    pub(crate) segmap: SegMap,
     /// Pages of exited threads.
     pub(crate) abandoned: SpinLock<Abandoned>,
     /// Heaps not owned by a thread, and every heap.
@@ -77,6 +81,16 @@ pub struct Core<P: Platform> {
     pub(crate) counters: Counters,
     /// Allocation-failure reports: one per 10 s (R5.12).
     fail_reports: RateLimit,
+}
+
+/// Where a pointer given without its layout lives.
+enum Owner {
+    /// A live slab block of this size class.
+    Slab(usize),
+    /// A live vmap area of this length.
+    Vmap(usize),
+    /// Not something ctxalloc handed out, and why not.
+    Foreign(&'static str),
 }
 
 /// An allocation failed: no memory could be had in the allocation's context, or the layout is
@@ -106,6 +120,7 @@ impl<P: Platform> Core<P> {
             platform,
             acct: Accounting::new(),
             pages: SpinLock::new(PageHeap::new()),
+            segmap: SegMap::new(),
             abandoned: SpinLock::new(Abandoned::new()),
             heaps: SpinLock::new(HeapPool::new()),
             orphan: SpinLock::new(OrphanSlot(ptr::null_mut())),
@@ -470,6 +485,134 @@ impl<P: Platform> Core<P> {
             },
             None => self.vmap_usable(ptr),
         }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Blocks without a layout: C's free / malloc_usable_size / realloc (kfree, ksize, krealloc)
+    // ---------------------------------------------------------------------------------------
+
+    /// Which backend holds `ptr`, found from the address alone (the segment map, then the vmap
+    /// registry). Cost: two loads for a slab block; a lock and a hash lookup otherwise.
+    fn owner_of(&self, ptr: *const u8) -> Owner {
+        if self.segmap.contains(ptr.addr()) {
+            // SAFETY: the segment is live, so its header is mapped; a free or header slice maps
+            // to null, and a freed span's descriptor has block size 0.
+            let page = unsafe { self.page_of(ptr.addr()) };
+            // SAFETY: as above.
+            if page.is_null() || unsafe { (*page).block_size } == 0 {
+                return Owner::Foreign("inside a ctxalloc segment but not in a live slab page");
+            }
+            // SAFETY: as above.
+            return Owner::Slab(unsafe { (*page).block_size } as usize);
+        }
+        match self.vmap_usable(ptr) {
+            0 => Owner::Foreign("not a block ctxalloc handed out"),
+            len => Owner::Vmap(len),
+        }
+    }
+
+    /// Frees a block without its layout — the kernel's `kfree`, C's `free`. Null is ignored; a
+    /// pointer ctxalloc did not hand out is reported with its address and ignored (not
+    /// followed), as is a second free of a large area.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// use ctxalloc_core::{mock::MockPlatform, Core};
+    /// use core::alloc::Layout;
+    /// let core = Core::new(MockPlatform::new(64 << 20));
+    /// let p = unsafe { core.alloc(Layout::from_size_align(100, 8).unwrap()) };
+    /// assert!(core.ksize(p) >= 100); // its size class
+    /// unsafe { core.kfree(p) };
+    /// let foreign = [0u8; 16];
+    /// unsafe { core.kfree(foreign.as_ptr().cast_mut()) }; // reported, ignored
+    /// assert_eq!(core.stats().bad_frees, 1);
+    /// # }
+    /// ```
+    ///
+    /// # Safety
+    /// `ptr` is null, a live block of this allocator that the caller gives up, or a pointer this
+    /// allocator never handed out. (A slab block freed twice is not detected here.)
+    pub unsafe fn kfree(&self, ptr: *mut u8) {
+        if ptr.is_null() {
+            return;
+        }
+        match self.owner_of(ptr) {
+            // SAFETY: a live slab block, given up by the caller.
+            Owner::Slab(_) => unsafe { self.slab_free(ptr) },
+            // A kvmalloc fallback freed here leaves `kv_live` high: frees of large slab
+            // layouts then look up the registry, which is slower but right.
+            Owner::Vmap(_) => {
+                // SAFETY: a live area, given up by the caller.
+                if !unsafe { self.vmap_free_if_area(ptr) } {
+                    self.bad_free(ptr, None, "not a live large allocation");
+                }
+            }
+            Owner::Foreign(why) => self.bad_free(ptr, None, why),
+        }
+    }
+
+    /// Bytes usable at `ptr` without its layout — the kernel's `ksize`, C's
+    /// `malloc_usable_size`: the block's size class or the area's length; 0 for null or a
+    /// pointer ctxalloc did not hand out.
+    pub fn ksize(&self, ptr: *const u8) -> usize {
+        if ptr.is_null() {
+            return 0;
+        }
+        match self.owner_of(ptr) {
+            Owner::Slab(n) | Owner::Vmap(n) => n,
+            Owner::Foreign(_) => 0,
+        }
+    }
+
+    /// Resizes a block without its layout — the kernel's `krealloc`, C's `realloc`, keeping
+    /// [`MIN_ALIGN`] alignment (C's guarantee). Null `ptr` allocates. In place when the block
+    /// (or the area, by `remap`) can hold `new_size`; otherwise allocate in the effective
+    /// context of `call`, copy, free. Null on failure, the old block untouched; null and a
+    /// report for a pointer ctxalloc did not hand out.
+    ///
+    /// # Safety
+    /// `ptr` is null or a live block of this allocator; `new_size` ≤ `isize::MAX`.
+    pub unsafe fn krealloc(&self, ptr: *mut u8, new_size: usize, call: Gfp) -> *mut u8 {
+        // SAFETY: MIN_ALIGN is a power of two; the caller bounds `new_size`.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, MIN_ALIGN) };
+        if ptr.is_null() {
+            return self.alloc_with(new_layout, call).map_or(ptr::null_mut(), NonNull::as_ptr);
+        }
+        let old = match self.owner_of(ptr) {
+            Owner::Slab(block) => {
+                let fits = class_for(new_size, MIN_ALIGN).is_some_and(|c| class_size(c) * 2 >= block);
+                if new_size <= block && fits {
+                    return ptr;
+                }
+                block
+            }
+            Owner::Vmap(len) => {
+                if class_for(new_size, MIN_ALIGN).is_none() {
+                    // SAFETY: a live area (its alignment is at most a page for C's callers;
+                    // larger ones are refused by vmap_resize and moved below).
+                    let layout = unsafe { Layout::from_size_align_unchecked(len, P::PAGE_SIZE) };
+                    // SAFETY: a live area resized to a vmap size.
+                    let p = unsafe { self.vmap_resize(ptr, layout, new_size, call) };
+                    if !p.is_null() {
+                        return p;
+                    }
+                }
+                len
+            }
+            Owner::Foreign(why) => {
+                self.bad_free(ptr, None, why);
+                return ptr::null_mut();
+            }
+        };
+        let Ok(p) = self.alloc_with(new_layout, call - Gfp::ZERO) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: both blocks are live and distinct; the old one has `old` usable bytes.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr, p.as_ptr(), old.min(new_size));
+            self.kfree(ptr);
+        }
+        p.as_ptr()
     }
 
     /// Reports a failed allocation (unless NOWARN; at most once per 10 s) and returns null.

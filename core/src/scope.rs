@@ -126,6 +126,39 @@ impl Cookie {
     pub fn bits(&self) -> Gfp {
         self.bits
     }
+
+    /// The cookie as one integer, for callers that cannot hold a Rust value (C's
+    /// `ctxalloc_nofs_save()`): the bits in the low 32 bits, the scope's depth (debug builds,
+    /// for mispair reports) in the high 32.
+    ///
+    /// ```
+    /// use ctxalloc_core::{Cookie, Gfp, ScopeState};
+    /// let s = ScopeState::new();
+    /// let raw = s.save(Gfp::NOIO, core::panic::Location::caller()).into_raw();
+    /// s.restore(Cookie::from_raw(raw), |_| unreachable!());
+    /// assert_eq!(s.current(), Gfp::KERNEL);
+    /// ```
+    #[inline]
+    pub fn into_raw(self) -> u64 {
+        #[cfg(debug_assertions)]
+        let depth = u64::from(self.depth) << 32;
+        #[cfg(not(debug_assertions))]
+        let depth = 0;
+        u64::from(self.bits.bits()) | depth
+    }
+
+    /// A cookie from [`into_raw`](Self::into_raw). A forged value cannot break memory safety:
+    /// at worst it clears scope bits early (as a wrong restore does in the kernel), which debug
+    /// builds report as a mispair.
+    #[inline]
+    pub fn from_raw(raw: u64) -> Cookie {
+        Cookie {
+            bits: Gfp::from_bits_truncate(raw as u32) & Gfp::SCOPE_MASK,
+            #[cfg(debug_assertions)]
+            depth: (raw >> 32) as u32,
+            _not_send: PhantomData,
+        }
+    }
 }
 
 impl fmt::Debug for Cookie {

@@ -319,7 +319,7 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn vmap_free(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded.
         if !unsafe { self.vmap_free_if_area(ptr) } {
-            self.bad_free(ptr, layout, "not a live large allocation");
+            self.bad_free(ptr, Some(layout), "not a live large allocation");
         }
     }
 
@@ -432,7 +432,7 @@ impl<P: Platform> Core<P> {
         };
         let desc = self.lock(&self.vmap).remove(ptr.addr());
         if desc.is_null() {
-            self.bad_free(ptr, layout, "realloc of a pointer that is not a live large allocation");
+            self.bad_free(ptr, Some(layout), "realloc of a pointer that is not a live large allocation");
             return ptr::null_mut();
         }
         // SAFETY: the descriptor is ours while unregistered.
@@ -501,17 +501,29 @@ impl<P: Platform> Core<P> {
         (reg.count, reg.bytes)
     }
 
-    /// Counts and reports a free the allocator cannot match to a live allocation.
-    pub(crate) fn bad_free(&self, ptr: *mut u8, layout: Layout, why: &str) {
+    /// Counts and reports a free the allocator cannot match to a live allocation (`layout` is
+    /// `None` for frees without a size).
+    pub(crate) fn bad_free(&self, ptr: *mut u8, layout: Option<Layout>, why: &str) {
         self.counters.bad_frees.fetch_add(1, Ordering::Relaxed);
         crate::report::report(
             &self.platform,
             format_args!(
-                "ctxalloc: free of {ptr:p} (size {}, align {}) ignored: {why} — a double free or a \
-                 pointer from another allocator",
-                layout.size(),
-                layout.align()
+                "ctxalloc: free of {ptr:p} ({}) ignored: {why} — a double free or a pointer from \
+                 another allocator",
+                Shown(layout)
             ),
         );
+    }
+}
+
+/// A layout in a report: "size 8, align 8", or "no size given" for a free without one.
+struct Shown(Option<Layout>);
+
+impl core::fmt::Display for Shown {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(l) => write!(f, "size {}, align {}", l.size(), l.align()),
+            None => f.write_str("no size given"),
+        }
     }
 }

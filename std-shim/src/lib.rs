@@ -42,7 +42,7 @@ pub use ctxalloc_core::{
 };
 pub use flagged::Flagged;
 pub use mempool::{Mempool, PoolBox, TypedMempool};
-pub use reclaim::{limit, reclaim, register_shrinker, set_limit, ShrinkerHandle};
+pub use reclaim::{limit, reclaim, register_shrinker, set_limit, try_register_shrinker, ShrinkerHandle};
 pub use scope::{
     current, memalloc_flags_restore, memalloc_flags_save, memalloc_nofail_restore, memalloc_nofail_save,
     memalloc_nofs_restore, memalloc_nofs_save, memalloc_noio_restore, memalloc_noio_save,
@@ -222,6 +222,50 @@ pub fn trim() {
 pub unsafe fn usable_size(ptr: NonNull<u8>, layout: Layout) -> usize {
     // SAFETY: forwarded contract.
     unsafe { CORE.usable_size(ptr.as_ptr(), layout) }
+}
+
+/// Frees a block without its layout — the kernel's `kfree`, what C's `free` is in
+/// `ctxalloc-preload`. Null is ignored; a pointer ctxalloc never handed out is reported on
+/// stderr with its address and ignored.
+///
+/// ```
+/// # #[global_allocator] static G: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
+/// let p = Box::into_raw(Box::new([7u8; 100])).cast::<u8>();
+/// assert!(ctxalloc::ksize(p) >= 100);
+/// unsafe { ctxalloc::kfree(p) };
+/// ```
+///
+/// # Safety
+/// `ptr` is null, a live block of this allocator that the caller gives up, or a pointer it
+/// never handed out.
+pub unsafe fn kfree(ptr: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { CORE.kfree(ptr) }
+}
+
+/// Bytes usable at `ptr` without its layout — the kernel's `ksize`, C's
+/// `malloc_usable_size`; 0 for null or a pointer ctxalloc never handed out.
+pub fn ksize(ptr: *const u8) -> usize {
+    CORE.ksize(ptr)
+}
+
+/// Resizes a block without its layout — the kernel's `krealloc`, C's `realloc` (alignment
+/// 16): null allocates; growth that needs new memory is allocated in the effective context of
+/// `gfp`. Null on failure, with the old block untouched.
+///
+/// ```
+/// use ctxalloc::Gfp;
+/// let p = unsafe { ctxalloc::krealloc(std::ptr::null_mut(), 10, Gfp::KERNEL) };
+/// let q = unsafe { ctxalloc::krealloc(p, 1 << 20, Gfp::NOFS) };
+/// assert!(ctxalloc::ksize(q) >= 1 << 20);
+/// unsafe { ctxalloc::kfree(q) };
+/// ```
+///
+/// # Safety
+/// `ptr` is null or a live block of this allocator; `new_size` ≤ `isize::MAX`.
+pub unsafe fn krealloc(ptr: *mut u8, new_size: usize, gfp: Gfp) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { CORE.krealloc(ptr, new_size, gfp) }
 }
 
 #[cfg(test)]

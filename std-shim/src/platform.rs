@@ -33,7 +33,9 @@ impl Drop for ExitHook {
 /// Whether the `fork` handlers are registered and the environment was read.
 static ATFORK: AtomicBool = AtomicBool::new(false);
 
-/// Whether the background reclaimer runs (in this process: a child of `fork` has none).
+/// Whether a background thread runs (in this process: a child of `fork` has none). Set by
+/// whoever starts one, cleared by the thread as it exits when idle; SeqCst on both sides (see
+/// `background_main`).
 static BACKGROUND: AtomicBool = AtomicBool::new(false);
 
 /// `CTXALLOC_BACKGROUND=off`: never start the background reclaimer (all reclaim is then direct,
@@ -43,7 +45,7 @@ static BACKGROUND_OFF: AtomicBool = AtomicBool::new(false);
 /// Starts the background reclaimer if it is not running. Safe to call from an allocation's
 /// slow path: it creates a bare pthread (the C library allocates its stack and TLS itself).
 pub(crate) fn start_background() {
-    if BACKGROUND_OFF.load(Ordering::Acquire) || BACKGROUND.swap(true, Ordering::AcqRel) {
+    if BACKGROUND_OFF.load(Ordering::Acquire) || BACKGROUND.swap(true, Ordering::SeqCst) {
         return;
     }
     let mut tid: libc::pthread_t = 0;
@@ -53,7 +55,7 @@ pub(crate) fn start_background() {
         // SAFETY: a thread we just created; nobody joins it.
         unsafe { libc::pthread_detach(tid) };
     } else {
-        BACKGROUND.store(false, Ordering::Release);
+        BACKGROUND.store(false, Ordering::SeqCst);
         StdPlatform.report("ctxalloc: could not start the background reclaimer; reclaim stays direct\n");
     }
 }
@@ -62,22 +64,40 @@ pub(crate) fn start_background() {
 /// then reclaims in a clean context down to the high watermark and runs deferred work; and
 /// gives back free memory that has waited `PURGE_DELAY_NS` (an idle program shrinks). Started
 /// by the first limit or the first free page.
+///
+/// It exits once it has had nothing to do for [`IDLE_EXIT_NS`], and the next wake starts a
+/// new one: a process whose threads all end with `pthread_exit` ends when the last one does,
+/// instead of living on for a thread it never created (seen under LD_PRELOAD: CPython's
+/// `test_threading` forks from a thread, and the child's last thread calls `pthread_exit`).
 extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
     #[cfg(target_os = "linux")]
     // SAFETY: names the calling thread; the name is a NUL-terminated literal under 16 bytes.
     unsafe {
-        libc::pthread_setname_np(libc::pthread_self(), c"ctxalloc-reclaim".as_ptr());
+        libc::pthread_setname_np(libc::pthread_self(), c"ctxalloc-kswapd".as_ptr());
     }
     loop {
         // Dirty memory that has waited is given back; while some is waiting, look again
-        // after the purge delay, else sleep until woken (or a second, for watermarks).
+        // after the purge delay, else wait for a wake until the idle timeout.
         let pending = CORE.purge_aged();
-        let timeout = if pending { ctxalloc_core::PURGE_DELAY_NS } else { 1_000_000_000 };
+        let timeout = if pending { ctxalloc_core::PURGE_DELAY_NS } else { IDLE_EXIT_NS };
         if CORE.background_wait(timeout) {
             CORE.background_reclaim();
+            continue;
         }
+        if pending || CORE.background_pending() {
+            continue;
+        }
+        // Idle: announce the exit, then look once more (see `Core::background_pending`).
+        BACKGROUND.store(false, Ordering::SeqCst);
+        if CORE.background_pending() && !BACKGROUND.swap(true, Ordering::SeqCst) {
+            continue;
+        }
+        return ptr::null_mut();
     }
 }
+
+/// How long the background thread waits for work before it exits.
+const IDLE_EXIT_NS: u64 = 1_000_000_000;
 
 /// Reads the environment without allocating: `CTXALLOC_BACKGROUND=off`, and `CTXALLOC_LIMIT`
 /// (a value that does not parse is reported and ignored).

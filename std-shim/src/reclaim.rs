@@ -110,17 +110,36 @@ impl Drop for ShrinkerHandle {
 /// # Panics
 /// If no memory can be had for the registry (a page, even at the limit).
 pub fn register_shrinker(shrinker: Arc<dyn Shrinker>) -> ShrinkerHandle {
+    try_register_shrinker(shrinker).expect("ctxalloc: no memory for the shrinker registry")
+}
+
+/// [`register_shrinker`] that returns `None` instead of panicking when no memory can be had
+/// for the registry (the shrinker is dropped).
+///
+/// ```
+/// # use ctxalloc::{ReclaimClass, ScanResult, ShrinkControl, Shrinker};
+/// struct Nothing;
+/// impl Shrinker for Nothing {
+///     fn name(&self) -> &str { "nothing" }
+///     fn class(&self) -> ReclaimClass { ReclaimClass::Other }
+///     fn count(&self, _: &ShrinkControl) -> usize { 0 }
+///     fn scan(&self, _: &mut ShrinkControl) -> ScanResult { ScanResult::Stop }
+/// }
+/// let handle = ctxalloc::try_register_shrinker(std::sync::Arc::new(Nothing));
+/// assert!(handle.is_some());
+/// ```
+pub fn try_register_shrinker(shrinker: Arc<dyn Shrinker>) -> Option<ShrinkerHandle> {
     let raw = Arc::into_raw(shrinker).cast_mut();
     // SAFETY: `Arc::into_raw` is never null.
     let ptr = unsafe { NonNull::new_unchecked(raw) };
     // SAFETY: the registry's reference keeps the shrinker alive until the handle's drop has
     // unregistered it; `CORE` is a static.
     match unsafe { CORE.register_shrinker(ptr) } {
-        Some(id) => ShrinkerHandle { id, shrinker: ptr },
+        Some(id) => Some(ShrinkerHandle { id, shrinker: ptr }),
         None => {
             // SAFETY: not registered; take the reference back.
             drop(unsafe { Arc::from_raw(raw) });
-            panic!("ctxalloc: no memory for the shrinker registry");
+            None
         }
     }
 }

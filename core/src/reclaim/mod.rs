@@ -481,6 +481,18 @@ impl<P: Platform> Core<P> {
         self.platform.wake_all(&self.reclaim.bg_seq);
     }
 
+    /// Whether the background thread has work: reclaim was asked for, or freed memory waits
+    /// for its purge. A platform whose background thread exits when idle (the std one) checks
+    /// this *after* announcing the exit: whoever set up work before that announcement is seen
+    /// here, whoever set it up after sees the thread gone and starts another.
+    pub fn background_pending(&self) -> bool {
+        if self.reclaim.bg_busy.load(Ordering::SeqCst) {
+            return true;
+        }
+        let areas = self.lock(&self.vmap).clock.armed();
+        areas || self.lock(&self.pages).clock.armed()
+    }
+
     /// Sleeps until background reclaim is wanted, or `timeout_ns`; returns whether it is
     /// wanted. For the platform's background thread.
     pub fn background_wait(&self, timeout_ns: u64) -> bool {

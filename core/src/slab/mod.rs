@@ -16,6 +16,7 @@
 //! * [`remote`]: the atomic remote-free list (the only structure other threads write).
 //! * [`heap`]: per-thread heaps — the fast paths, page queues, retiring, remote frees.
 //! * [`abandon`]: pages whose thread exited, and the pool of heaps.
+//! * [`segmap`]: which addresses are slab segments, for frees without a size.
 //!
 //! Pointer → page is O(1): mask the address down to its segment, index the segment's slice map.
 
@@ -23,6 +24,7 @@ pub(crate) mod abandon;
 pub(crate) mod heap;
 pub(crate) mod page;
 pub(crate) mod remote;
+pub(crate) mod segmap;
 pub(crate) mod segment;
 
 pub(crate) use segment::META_MAX;

@@ -328,6 +328,12 @@ impl<P: Platform> Core<P> {
         // SAFETY: plain call; the result is a fresh segment.
         let seg = unsafe { self.segment_map(eff)? };
         let mut ph = self.lock(&self.pages);
+        if !self.segmap_insert(seg.addr()) {
+            drop(ph);
+            // SAFETY: the fresh segment nobody has seen: empty, unlinked, unreachable.
+            unsafe { self.segment_unmap(seg, 0) };
+            return None;
+        }
         ph.segments += 1;
         // SAFETY: a fresh segment on no list, under the lock.
         unsafe { ph.link(seg) };
@@ -424,6 +430,7 @@ impl<P: Platform> Core<P> {
     /// `seg` is empty, unlinked and unreachable.
     unsafe fn segment_unmap(&self, seg: *mut Segment, dirty: usize) {
         self.uncharge(dirty + header_bytes(P::PAGE_SIZE));
+        self.segmap_remove(seg.addr());
         // SAFETY: per the contract; `seg` came from `os_map(SEGMENT_SIZE, ..)`.
         unsafe { self.os_unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
     }

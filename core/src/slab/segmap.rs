@@ -1,0 +1,144 @@
+//! The segment map: one bit per 4 MiB of address space, set while a slab segment lives there.
+//!
+//! The `GlobalAlloc` interface never needs it — a `Layout` says which backend owns a block. It
+//! is for frees that come without a size: C's `free(p)`, `malloc_usable_size(p)`, `realloc(p, n)`
+//! (the kernel's `kfree`, `ksize`, `krealloc`). There the map tells a slab block (mask the
+//! address, index the header) from a vmap area (look it up in the registry) from a pointer
+//! ctxalloc never handed out (reported, not followed).
+//!
+//! Two levels: a fixed top array of leaf pointers in `Core` (16 KiB on 64-bit targets, covering
+//! 48 bits of address space; one entry on 32-bit targets), and leaves of 4 KiB — 32 768 bits,
+//! 128 GiB of address space each — mapped from the page source the first time a segment lands
+//! in their range and never returned. A program's segments usually share one leaf.
+//!
+//! Threads: bits are set under the page-heap lock (which also serialises leaf creation),
+//! cleared by the thread unmapping the segment, and read by any thread without a lock. A leaf pointer is published with Release after the leaf
+//! is zeroed and read with Acquire. A bit is set (Relaxed) before the segment's first span is
+//! handed out under the same lock, so a thread that got a block of the segment — through any
+//! synchronisation with the thread that allocated it — sees the bit. A bit is cleared only
+//! after the segment's last block was freed: a reader that then finds it clear was handed a
+//! stale pointer, which is reported as foreign.
+
+use super::SEGMENT_SHIFT;
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use crate::{Core, Platform};
+use core::ptr;
+
+/// Address bits the map covers: user space on every 64-bit target Linux supports without a
+/// hint (47–48 bits), all of it on 32-bit targets.
+const ADDR_BITS: usize = if usize::BITS >= 64 { 48 } else { usize::BITS as usize };
+/// Bytes of one leaf.
+const LEAF_BYTES: usize = 4096;
+/// log2 of the segments one leaf covers (a bit each).
+const LEAF_SHIFT: usize = 15;
+const _: () = assert!(LEAF_BYTES * 8 == 1 << LEAF_SHIFT);
+/// Words in one leaf.
+const WORDS: usize = LEAF_BYTES / core::mem::size_of::<usize>();
+/// Bits in one word.
+const WORD_BITS: usize = usize::BITS as usize;
+/// Top-level entries.
+const TOP: usize = 1 << (ADDR_BITS - SEGMENT_SHIFT).saturating_sub(LEAF_SHIFT);
+
+/// See the module documentation. Leaf pointers in `leaves` point to [`WORDS`] atomic words
+/// each (`usize`: 32-bit targets without 64-bit atomics have a map too).
+pub(crate) struct SegMap {
+    leaves: [AtomicPtr<AtomicUsize>; TOP],
+}
+
+impl SegMap {
+    pub(crate) const fn new() -> Self {
+        SegMap { leaves: [const { AtomicPtr::new(ptr::null_mut()) }; TOP] }
+    }
+
+    /// Where the bit of the segment at `addr` lives: (top index, word index, bit), or `None`
+    /// beyond the covered address space.
+    #[inline]
+    fn index(addr: usize) -> Option<(usize, usize, usize)> {
+        let seg = addr >> SEGMENT_SHIFT;
+        let top = seg >> LEAF_SHIFT;
+        if top >= TOP {
+            return None;
+        }
+        let within = seg & ((1 << LEAF_SHIFT) - 1);
+        debug_assert!(within / WORD_BITS < WORDS);
+        Some((top, within / WORD_BITS, 1 << (within % WORD_BITS)))
+    }
+
+    /// Whether `addr` lies in a live slab segment. Any thread, no lock.
+    #[inline]
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        let Some((top, word, bit)) = Self::index(addr) else {
+            return false;
+        };
+        let leaf = self.leaves[top].load(Ordering::Acquire);
+        if leaf.is_null() {
+            return false;
+        }
+        // SAFETY: a published leaf holds WORDS words (`word` < WORDS) and is never unmapped.
+        unsafe { (*leaf.add(word)).load(Ordering::Relaxed) & bit != 0 }
+    }
+}
+
+impl<P: Platform> Core<P> {
+    /// Marks the segment at `base` live; `false` if it lies beyond the map or no leaf could be
+    /// had (the caller then gives the segment back). The caller holds the page-heap lock.
+    pub(crate) fn segmap_insert(&self, base: usize) -> bool {
+        let Some((top, word, bit)) = SegMap::index(base) else {
+            return false;
+        };
+        let mut leaf = self.segmap.leaves[top].load(Ordering::Acquire);
+        if leaf.is_null() {
+            let len = LEAF_BYTES.next_multiple_of(P::PAGE_SIZE);
+            // SAFETY: a page-multiple length at page alignment.
+            let Some(p) = (unsafe { self.os_map(len, P::PAGE_SIZE) }) else {
+                return false;
+            };
+            if !P::MAP_ZEROED {
+                // SAFETY: fresh memory of `len` bytes.
+                unsafe { p.as_ptr().write_bytes(0, len) };
+            }
+            leaf = p.as_ptr().cast();
+            // Writers hold the page-heap lock, so nobody published another leaf meanwhile.
+            self.segmap.leaves[top].store(leaf, Ordering::Release);
+        }
+        // SAFETY: a published leaf, never unmapped.
+        unsafe { (*leaf.add(word)).fetch_or(bit, Ordering::Relaxed) };
+        true
+    }
+
+    /// Marks the segment at `base` dead, before it is unmapped. Any thread (the bit's word is
+    /// updated atomically; its leaf exists since the segment was inserted).
+    pub(crate) fn segmap_remove(&self, base: usize) {
+        let Some((top, word, bit)) = SegMap::index(base) else {
+            return;
+        };
+        let leaf = self.segmap.leaves[top].load(Ordering::Acquire);
+        if !leaf.is_null() {
+            // SAFETY: a published leaf, never unmapped.
+            unsafe { (*leaf.add(word)).fetch_and(!bit, Ordering::Relaxed) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_cover_the_address_space_and_no_more() {
+        assert_eq!(SegMap::index(0), Some((0, 0, 1)));
+        let seg = 1usize << SEGMENT_SHIFT;
+        assert_eq!(SegMap::index(seg * (WORD_BITS + 1) + 5), Some((0, 1, 2)));
+        let last = if ADDR_BITS < WORD_BITS { (1usize << ADDR_BITS) - 1 } else { usize::MAX };
+        let (top, word, bit) = SegMap::index(last).unwrap();
+        let segs = 1usize << (ADDR_BITS - SEGMENT_SHIFT);
+        assert_eq!(
+            (top, word, bit),
+            (TOP - 1, ((segs - 1) % (1 << LEAF_SHIFT)) / WORD_BITS, 1 << (WORD_BITS - 1))
+        );
+        assert!(word < WORDS);
+        if ADDR_BITS < WORD_BITS {
+            assert_eq!(SegMap::index(1 << ADDR_BITS), None);
+        }
+    }
+}

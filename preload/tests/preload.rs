@@ -1,0 +1,73 @@
+//! The preload library from C: `tests/c/api.c` is compiled against `include/ctxalloc.h` and run
+//! with the library both linked and in `LD_PRELOAD`; every check it prints must pass, the
+//! foreign free it makes must be reported with its address, and the interposition log must
+//! show its calls.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/libctxalloc_preload.so`, built by cargo before this test.
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let lib = dir.join("libctxalloc_preload.so");
+    assert!(lib.exists(), "{} not built", lib.display());
+    lib
+}
+
+#[test]
+fn the_c_api_and_the_malloc_family_under_ld_preload() {
+    let lib = library();
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let exe = out_dir.join("ctxalloc-c-api");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let build = Command::new(&cc)
+        .args(["-std=c11", "-O1", "-g", "-Wall", "-Werror", "-pthread", "-I"])
+        .arg(here.join("include"))
+        .arg(here.join("tests/c/api.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.parent().unwrap().display()))
+        .arg(format!("-Wl,-rpath,{}", lib.parent().unwrap().display()))
+        .arg("-lctxalloc_preload")
+        .output()
+        .expect("running the C compiler");
+    assert!(build.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&build.stderr));
+
+    let log = out_dir.join("c-api.log");
+    let _ = std::fs::remove_file(&log);
+    let run = Command::new(&exe)
+        .env("LD_PRELOAD", &lib)
+        .env("CTXALLOC_PRELOAD_LOG", &log)
+        // Reclaim only on the allocating thread: the shrinker checks count its calls exactly.
+        .env("CTXALLOC_BACKGROUND", "off")
+        .output()
+        .expect("running the C test");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stdout.contains("0 failures"), "{}\n{stdout}\n{stderr}", run.status);
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 19, "{stdout}");
+
+    // The foreign free was reported with its address, and nothing else was.
+    let addr = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("foreign pointer "))
+        .expect("the program printed the pointer it frees");
+    assert!(
+        stderr.lines().any(|l| l.contains(&format!("free of {addr} ")) && l.contains("not a block ctxalloc handed out")),
+        "{stderr}"
+    );
+
+    // Interposition happened: the process logged its calls.
+    let line = std::fs::read_to_string(&log).expect("the interposition log");
+    let calls: u64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "calls")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(calls > 100_000, "{line}");
+    assert!(line.contains("bad-frees 1"), "{line}");
+}
