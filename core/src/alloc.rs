@@ -267,6 +267,7 @@ impl<P: Platform> Core<P> {
         unsafe {
             let page = self.page_of(addr);
             let block = self.platform.ptr_from_addr(addr).cast::<Block>();
+            crate::track::poison_block(block.cast(), (*page).block_size as usize);
             let heap = (*self.platform.thread()).heap.get();
             if (*page).owner.load(Ordering::Relaxed) == heap {
                 Block::set_next(block, (*page).local_free);
@@ -444,6 +445,7 @@ impl<P: Platform> Core<P> {
                 // SAFETY: a live slab block.
                 let block = unsafe { (*self.page_of(ptr.addr())).block_size } as usize;
                 if new_size <= block && class_size(new_class) * 2 >= block {
+                    crate::track::unpoison(ptr, new_size);
                     return ptr;
                 }
             }
@@ -582,6 +584,7 @@ impl<P: Platform> Core<P> {
             Owner::Slab(block) => {
                 let fits = class_for(new_size, MIN_ALIGN).is_some_and(|c| class_size(c) * 2 >= block);
                 if new_size <= block && fits {
+                    crate::track::unpoison(ptr, new_size);
                     return ptr;
                 }
                 block
@@ -607,12 +610,39 @@ impl<P: Platform> Core<P> {
         let Ok(p) = self.alloc_with(new_layout, call - Gfp::ZERO) else {
             return ptr::null_mut();
         };
+        // All `old` bytes are the caller's (C may use a block's usable size), also those past
+        // what was asked for, which fuzz builds keep poisoned.
+        crate::track::unpoison(ptr, old);
         // SAFETY: both blocks are live and distinct; the old one has `old` usable bytes.
         unsafe {
             ptr::copy_nonoverlapping(ptr, p.as_ptr(), old.min(new_size));
             self.kfree(ptr);
         }
         p.as_ptr()
+    }
+
+    /// `usage()` recomputed from the structures that hold the memory: every live segment's
+    /// charged header pages and committed slices (found through the segment map), every vmap
+    /// area, cached area and the vmap table. Equal to [`usage`](Self::usage) whenever no
+    /// allocation or free is in progress — the fuzz targets check it after every operation.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// use ctxalloc_core::{mock::MockPlatform, Core};
+    /// use core::alloc::Layout;
+    /// let core = Core::new(MockPlatform::new(64 << 20));
+    /// let l = Layout::from_size_align(1 << 20, 8).unwrap();
+    /// let p = unsafe { core.alloc(l) };
+    /// assert_eq!(core.audit_usage(), core.usage());
+    /// unsafe { core.dealloc(p, l) };
+    /// assert_eq!(core.audit_usage(), core.usage());
+    /// # }
+    /// ```
+    #[cfg(any(test, feature = "mock"))]
+    pub fn audit_usage(&self) -> usize {
+        let mut total = self.vmap_charged();
+        self.segmap.for_each(|base| total += self.segment_charged(base));
+        total
     }
 
     /// Reports a failed allocation (unless NOWARN; at most once per 10 s) and returns null.

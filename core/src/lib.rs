@@ -89,6 +89,8 @@ mod sync;
 #[cfg(all(test, not(loom)))]
 mod tests;
 #[cfg(not(loom))]
+mod track;
+#[cfg(not(loom))]
 mod vmap;
 
 /// Under loom only the lock-free structures (and what they name) are compiled.

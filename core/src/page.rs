@@ -199,8 +199,9 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn os_map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded.
         let p = unsafe { self.platform.map(len, align) };
-        if p.is_some() {
+        if let Some(p) = p {
             self.counters.os_maps.fetch_add(1, Ordering::Relaxed);
+            crate::track::unpoison(p.as_ptr(), len);
         }
         p
     }
@@ -211,6 +212,7 @@ impl<P: Platform> Core<P> {
     /// As [`Platform::unmap`].
     pub(crate) unsafe fn os_unmap(&self, ptr: NonNull<u8>, len: usize) {
         self.counters.os_unmaps.fetch_add(1, Ordering::Relaxed);
+        crate::track::unpoison(ptr.as_ptr(), len);
         // SAFETY: forwarded.
         unsafe { self.platform.unmap(ptr, len) }
     }

@@ -359,6 +359,8 @@ impl<P: Platform> Core<P> {
             let Some(slot) = reg.cache.iter().position(|&(_, l)| l == 0) else {
                 return false;
             };
+            // Poisoned while cached (still ours: the lock is held).
+            crate::track::poison(self.platform.ptr_from_addr(addr), len);
             reg.cache[slot] = (addr, len);
             reg.cached += len;
             reg.clock.arm(|| self.platform.now_ns())
@@ -385,6 +387,7 @@ impl<P: Platform> Core<P> {
             .min_by_key(|&i| reg.cache[i].1)?;
         let (addr, clen) = core::mem::take(&mut reg.cache[best]);
         reg.cached -= clen;
+        crate::track::unpoison(self.platform.ptr_from_addr(addr), clen);
         // SAFETY: a cached mapping of ours that nobody uses.
         Some((unsafe { NonNull::new_unchecked(self.platform.ptr_from_addr(addr)) }, clen))
     }
@@ -493,6 +496,15 @@ impl<P: Platform> Core<P> {
             }
         }
         0
+    }
+
+    /// Bytes vmap holds charged: live areas, cached areas and the bucket table. For
+    /// [`Core::audit_usage`].
+    #[cfg(any(test, feature = "mock"))]
+    pub(crate) fn vmap_charged(&self) -> usize {
+        let reg = self.lock(&self.vmap);
+        let table = if reg.buckets.is_null() { 0 } else { Self::table_bytes(reg.shift) };
+        reg.bytes + reg.cached + table
     }
 
     /// Number of live areas and their bytes.

@@ -1,14 +1,20 @@
-//! `ops`: random alloc / free / realloc / zeroed-alloc sequences with random sizes and
-//! alignments, scopes entered and left, and injected page-source failures, on the core over the
-//! deterministic mock platform. The model checks every step: blocks aligned, inside the arena,
-//! never overlapping, contents intact (also across realloc), zeroed memory zero; the context
-//! word always equals the union of the open scopes; `usage()` never below the live bytes nor
-//! above what is mapped; and, once everything is freed, every byte given back.
+//! `ops`: random alloc / free / realloc / zeroed-alloc sequences — with and without a layout
+//! (`kfree`, `krealloc`: C's free and realloc) — with random sizes and alignments, scopes
+//! entered and left, random memory limits and injected page-source failures, on the core over
+//! the deterministic mock platform. The model checks every step: blocks aligned, inside the
+//! arena, never overlapping, contents intact (also across realloc), zeroed memory zero; the
+//! context word always equals the union of the open scopes; `usage()` equal to what the
+//! structures hold (`audit_usage`), never below the live bytes nor above what is mapped; a
+//! NOFAIL allocation that fits never fails; and, once everything is freed, every byte given
+//! back.
 
 #![no_main]
 
 use ctxalloc_core::mock::{model::Model, MockPlatform};
 use ctxalloc_core::{Core, Gfp, SEGMENT_SIZE, SLICE_SIZE};
+
+/// The mock arena.
+const ARENA: usize = 16 << 20;
 use libfuzzer_sys::fuzz_target;
 
 /// The scopes the fuzzer opens. Not NOFAIL: a NOFAIL allocation the arena cannot satisfy waits
@@ -39,14 +45,14 @@ impl Input<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let core = Core::new(MockPlatform::new(16 << 20));
+    let core = Core::new(MockPlatform::new(ARENA));
     let mut input = Input(data);
     let mut cookies = Vec::new();
     let mut word = Gfp::KERNEL;
     {
         let mut m = Model::new(&core);
         while !input.0.is_empty() {
-            match input.byte() % 12 {
+            match input.byte() % 16 {
                 0..=4 => {
                     let size = input.size();
                     let align = 1usize << (input.byte() % 22);
@@ -71,6 +77,48 @@ fuzz_target!(|data: &[u8]| {
                         word = before;
                     }
                 }
+                11 => m.kfree(usize::from(input.u16())),
+                12 => {
+                    let pick = usize::from(input.u16());
+                    let size = input.size();
+                    m.krealloc(pick, size);
+                }
+                13 => {
+                    // A limit somewhere around the current usage, or none.
+                    let limit = match input.byte() % 4 {
+                        0 => None,
+                        n => Some(core.usage() / 2 + usize::from(n) * usize::from(input.u16()) * 64),
+                    };
+                    core.set_limit(limit);
+                }
+                14 => {
+                    // NOFAIL for a request that surely fits — a fresh segment under the limit
+                    // and in the arena — must not fail (it may reclaim, retry, use the reserve).
+                    let size = input.size().min(256 << 10);
+                    let room = SEGMENT_SIZE + 2 * size + 2 * SLICE_SIZE;
+                    let fits_limit = core.limit().is_none_or(|l| core.usage() + room <= l);
+                    let fits_arena = core.platform().mapped_bytes() + 2 * room <= ARENA;
+                    let pending_failures = input.byte() % 2 == 0;
+                    // (A context that may not wait — NORECLAIM — fails NOFAIL by design.)
+                    let eff = core.effective(Gfp::NOFAIL);
+                    if fits_limit && fits_arena && eff.nofail() && eff.may_wait() {
+                        if pending_failures {
+                            core.platform().fail_next_maps(2);
+                        }
+                        let ok = m.alloc(size, 8, Gfp::NOFAIL);
+                        assert!(
+                            ok,
+                            "NOFAIL failed for {size} bytes that fit (context {word}, limit {:?}, usage {}, \
+                             mapped {})\n{:?}\n{}",
+                            core.limit(),
+                            core.usage(),
+                            core.platform().mapped_bytes(),
+                            core.platform().reports(),
+                            core.stats()
+                        );
+                        core.platform().fail_next_maps(0);
+                    }
+                }
                 _ => match input.byte() % 3 {
                     0 => core.platform().fail_next_maps(usize::from(input.byte() % 4)),
                     1 => core.trim(),
@@ -81,6 +129,7 @@ fuzz_target!(|data: &[u8]| {
             let usage = core.usage();
             assert!(usage >= m.live_bytes(), "usage {usage} below live bytes {}", m.live_bytes());
             assert!(usage <= core.platform().mapped_bytes(), "usage above what is mapped");
+            assert_eq!(core.audit_usage(), usage, "usage differs from what the structures hold");
         }
         m.check_all();
         m.free_all();
@@ -91,6 +140,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(core.current(), Gfp::KERNEL);
     assert_eq!(core.stats().scope_mispairs, 0);
     core.platform().fail_next_maps(0);
+    core.set_limit(None);
     core.thread_exit();
     core.trim();
     let s = core.stats();
@@ -99,6 +149,7 @@ fuzz_target!(|data: &[u8]| {
     // stay.
     assert!(s.segments <= 1, "{s}");
     assert!(s.usage <= SLICE_SIZE + 4096, "memory not given back\n{s}");
+    assert_eq!(core.audit_usage(), s.usage);
     let mapped = core.platform().mapped_bytes();
     assert!(mapped <= s.segments * SEGMENT_SIZE + 4096, "mapped {mapped} after everything was freed\n{s}");
 });

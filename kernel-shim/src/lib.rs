@@ -171,7 +171,10 @@ impl<P: Platform> KernelAlloc<P> {
 
     /// Unregisters a shrinker, waiting for calls in flight.
     pub fn unregister_shrinker(&self, id: ShrinkerId) {
-        self.core.unregister_shrinker(id);
+        // SAFETY: ids come from `register_shrinker`, which needs a `'static` allocator: the
+        // slot lives for the program. (Unregistering an id twice unregisters nothing or,
+        // if its slot was reused, the later shrinker — never memory unsafety.)
+        unsafe { self.core.unregister_shrinker(id) };
     }
 
     /// A mempool of `min_nr` elements of `layout` over this allocator.

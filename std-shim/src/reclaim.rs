@@ -72,7 +72,8 @@ impl std::fmt::Debug for ShrinkerHandle {
 
 impl Drop for ShrinkerHandle {
     fn drop(&mut self) {
-        CORE.unregister_shrinker(self.id);
+        // SAFETY: the id of this handle, registered on the static `CORE`, unregistered once.
+        unsafe { CORE.unregister_shrinker(self.id) };
         // SAFETY: from `Arc::into_raw` in `register_shrinker`; the registry no longer uses it.
         drop(unsafe { Arc::from_raw(self.shrinker.as_ptr()) });
     }

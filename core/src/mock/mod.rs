@@ -175,8 +175,12 @@ impl Drop for MockPlatform {
             let mut m = word;
             while m != 0 {
                 let page = w * 64 + m.trailing_zeros() as usize;
-                // SAFETY: a page of the arena.
-                unsafe { self.base.as_ptr().add(page * PAGE).write_bytes(0, PAGE) };
+                // SAFETY: a page of the arena (free memory in it may be poisoned: fuzz builds).
+                unsafe {
+                    let p = self.base.as_ptr().add(page * PAGE);
+                    crate::track::unpoison(p, PAGE);
+                    p.write_bytes(0, PAGE);
+                }
                 m &= m - 1;
             }
         }
@@ -266,8 +270,12 @@ unsafe impl Platform for MockPlatform {
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
         assert!(self.contains(ptr.as_ptr().addr(), len), "mock: purge outside the arena");
         if Self::MAP_ZEROED {
+            // What MADV_DONTNEED does to the pages. The range is free memory, which fuzz builds
+            // keep poisoned: the "kernel" writes it all the same.
+            crate::track::unpoison(ptr.as_ptr(), len);
             // SAFETY: the range holds nothing anyone reads.
             unsafe { ptr.as_ptr().write_bytes(0, len) };
+            crate::track::poison(ptr.as_ptr(), len);
         }
         true
     }

@@ -223,6 +223,49 @@ impl<'a> Model<'a> {
         true
     }
 
+    /// Frees the block at index `pick % len()` without its layout ([`Core::kfree`]), after
+    /// checking its contents and that [`Core::ksize`] covers it.
+    pub fn kfree(&mut self, pick: usize) {
+        if self.addrs.is_empty() {
+            return;
+        }
+        let addr = self.addrs.swap_remove(pick % self.addrs.len());
+        let l = self.live.remove(&addr).unwrap();
+        let p = self.ptr(addr);
+        Self::verify(p, l.layout.size(), l.fill);
+        let usable = self.core.ksize(p);
+        assert!(usable >= l.layout.size(), "ksize {usable} below the block's {} bytes", l.layout.size());
+        self.live_bytes -= l.layout.size();
+        // SAFETY: a live block, given up.
+        unsafe { self.core.kfree(p) };
+    }
+
+    /// Resizes the block at index `pick % len()` without its layout ([`Core::krealloc`]): the
+    /// result has C's alignment, and from then on the layout `(new_size, MIN_ALIGN)`.
+    pub fn krealloc(&mut self, pick: usize, new_size: usize) -> bool {
+        if self.addrs.is_empty() || new_size > isize::MAX as usize / 2 {
+            return false;
+        }
+        let i = pick % self.addrs.len();
+        let addr = self.addrs[i];
+        let l = self.live[&addr];
+        let p = self.ptr(addr);
+        Self::verify(p, l.layout.size(), l.fill);
+        // SAFETY: a live block; the size is bounded.
+        let q = unsafe { self.core.krealloc(p, new_size, Gfp::NOWARN) };
+        if q.is_null() {
+            Self::verify(p, l.layout.size(), l.fill);
+            return false;
+        }
+        Self::verify(q, l.layout.size().min(new_size), l.fill);
+        self.addrs.swap_remove(i);
+        self.live.remove(&addr);
+        self.live_bytes -= l.layout.size();
+        let layout = Layout::from_size_align(new_size, crate::size_class::MIN_ALIGN).unwrap();
+        self.admit(q, layout, false);
+        true
+    }
+
     /// Checks the contents of every live block.
     pub fn check_all(&self) {
         for (&a, l) in &self.live {

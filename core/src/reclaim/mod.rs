@@ -178,7 +178,13 @@ impl Reclaim {
 /// A registered shrinker. Dropping it does *not* unregister (the core has no destructor
 /// context); call [`Core::unregister_shrinker`].
 #[derive(Clone, Copy)]
-pub struct ShrinkerId(pub(crate) &'static Slot);
+pub struct ShrinkerId(pub(crate) NonNull<Slot>);
+
+// SAFETY: an identifier of a registry slot, which lives as long as its core and is only
+// touched through the core's registry protocol (atomics).
+unsafe impl Send for ShrinkerId {}
+// SAFETY: as above; `&ShrinkerId` gives access to nothing.
+unsafe impl Sync for ShrinkerId {}
 
 impl core::fmt::Debug for ShrinkerId {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -218,8 +224,9 @@ impl<P: Platform> Core<P> {
     ///
     /// # Safety
     /// `shrinker` stays valid until [`unregister_shrinker`](Self::unregister_shrinker) of the
-    /// returned id returns; `self` lives for the rest of the program (a `static`).
-    pub unsafe fn register_shrinker(&'static self, shrinker: NonNull<dyn Shrinker>) -> Option<ShrinkerId> {
+    /// returned id returns; `self` is not dropped while a shrinker is registered on it (the
+    /// registry lives in the core's own memory).
+    pub unsafe fn register_shrinker(&self, shrinker: NonNull<dyn Shrinker>) -> Option<ShrinkerId> {
         const _: () = assert!(size_of::<Chunk>() <= crate::slab::META_MAX);
         // Registry metadata (permanent, zeroed): charged in the reclaim context, so registering
         // at the limit works.
@@ -227,13 +234,19 @@ impl<P: Platform> Core<P> {
             self.meta_alloc(size_of::<Chunk>(), Effective::new(Gfp::MEMALLOC, Gfp::KERNEL)).map(NonNull::cast)
         };
         // SAFETY: forwarded contract.
-        unsafe { self.reclaim.registry.register(shrinker, new_chunk) }.map(ShrinkerId)
+        unsafe { self.reclaim.registry.register(shrinker, new_chunk) }.map(|slot| ShrinkerId(NonNull::from(slot)))
     }
 
     /// Unregisters a shrinker, waiting for calls in flight; afterwards it is never called again.
     /// Must not be called from inside that shrinker.
-    pub fn unregister_shrinker(&self, id: ShrinkerId) {
-        self.reclaim.registry.unregister(id.0, |word, v| self.platform.wait(word, v, MAX_WAIT_NS));
+    ///
+    /// # Safety
+    /// `id` came from [`register_shrinker`](Self::register_shrinker) of a core that is still
+    /// alive (normally this one), and was not unregistered before.
+    pub unsafe fn unregister_shrinker(&self, id: ShrinkerId) {
+        // SAFETY: per the contract, the slot lives in a live core's registry.
+        let slot = unsafe { id.0.as_ref() };
+        self.reclaim.registry.unregister(slot, |word, v| self.platform.wait(word, v, MAX_WAIT_NS));
     }
 
     // -------------------------------------------------------------------------------------

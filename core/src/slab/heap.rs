@@ -205,6 +205,7 @@ pub(crate) unsafe fn pop(page: *mut Page, size: usize, zero: bool) -> *mut u8 {
         let block = (*page).free;
         (*page).free = Block::next(block);
         (*page).used += 1;
+        crate::track::unpoison(block.cast(), size);
         if zero {
             if (*page).free_is_zero {
                 Block::set_next(block, ptr::null_mut());
@@ -239,7 +240,7 @@ impl<P: Platform> Core<P> {
                     // SAFETY: forwarded.
                     return unsafe { self.alloc_orphan(t, class, size, call) };
                 }
-                _ => match self.thread_attach(t) {
+                _ => match self.thread_attach(t, call) {
                     Ok(h) => heap = h,
                     Err(cause) => {
                         return self.reclaim_failed(size, Effective::new(call, t.scope.current()), cause);
@@ -532,9 +533,11 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Gives the calling thread a heap.
-    pub(crate) fn thread_attach(&self, t: &ThreadCtx) -> Result<*mut Heap, Cause> {
-        let heap = self.heap_acquire(Effective::new(Gfp::KERNEL, t.scope.current()))?;
+    /// Gives the calling thread a heap, charged in the context of the allocation that needs it
+    /// (`call`: a NOFAIL first allocation must not fail on its heap either — found by the `ops`
+    /// fuzz target).
+    pub(crate) fn thread_attach(&self, t: &ThreadCtx, call: Gfp) -> Result<*mut Heap, Cause> {
+        let heap = self.heap_acquire(Effective::new(call, t.scope.current()))?;
         t.heap.set(heap);
         t.state.set(ThreadState::Active as u8);
         self.platform.thread_attached();

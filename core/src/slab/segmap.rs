@@ -8,8 +8,9 @@
 //!
 //! Two levels: a fixed top array of leaf pointers in `Core` (16 KiB on 64-bit targets, covering
 //! 48 bits of address space; one entry on 32-bit targets), and leaves of 4 KiB — 32 768 bits,
-//! 128 GiB of address space each — mapped from the page source the first time a segment lands
-//! in their range and never returned. A program's segments usually share one leaf.
+//! 128 GiB of address space each. The first leaf lives in `Core` too; further ones are mapped
+//! from the page source the first time a segment lands in their range, and never returned. A
+//! program's segments, and a kernel's region, usually need only the first.
 //!
 //! Threads: bits are set under the page-heap lock (which also serialises leaf creation),
 //! cleared by the thread unmapping the segment, and read by any thread without a lock. A leaf pointer is published with Release after the leaf
@@ -20,7 +21,7 @@
 //! stale pointer, which is reported as foreign.
 
 use super::SEGMENT_SHIFT;
-use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::ptr;
 
@@ -43,11 +44,34 @@ const TOP: usize = 1 << (ADDR_BITS - SEGMENT_SHIFT).saturating_sub(LEAF_SHIFT);
 /// each (`usize`: 32-bit targets without 64-bit atomics have a map too).
 pub(crate) struct SegMap {
     leaves: [AtomicPtr<AtomicUsize>; TOP],
+    /// The first leaf needed, inside the map: most programs and every kernel region need only
+    /// this one, so the map takes nothing from the page source (in a kernel's region, a page
+    /// taken there would break the alignment of a whole segment). Claimed under the page-heap
+    /// lock by the first insertion; `first_taken` says whether it is. `leaves` names it by the
+    /// [`INLINE`] sentinel, not its address, so that a `Core` stays movable.
+    first: [AtomicUsize; WORDS],
+    first_taken: AtomicBool,
 }
 
+/// The entry in `leaves` that stands for the inline `first` leaf: never a mapped address.
+const INLINE: *mut AtomicUsize = ptr::dangling_mut();
+
 impl SegMap {
+    /// The leaf of top-level entry `top`, or null.
+    #[inline]
+    fn leaf(&self, top: usize) -> *mut AtomicUsize {
+        match self.leaves[top].load(Ordering::Acquire) {
+            INLINE => self.first.as_ptr().cast_mut(),
+            p => p,
+        }
+    }
+
     pub(crate) const fn new() -> Self {
-        SegMap { leaves: [const { AtomicPtr::new(ptr::null_mut()) }; TOP] }
+        SegMap {
+            leaves: [const { AtomicPtr::new(ptr::null_mut()) }; TOP],
+            first: [const { AtomicUsize::new(0) }; WORDS],
+            first_taken: AtomicBool::new(false),
+        }
     }
 
     /// Where the bit of the segment at `addr` lives: (top index, word index, bit), or `None`
@@ -70,12 +94,35 @@ impl SegMap {
         let Some((top, word, bit)) = Self::index(addr) else {
             return false;
         };
-        let leaf = self.leaves[top].load(Ordering::Acquire);
+        let leaf = self.leaf(top);
         if leaf.is_null() {
             return false;
         }
         // SAFETY: a published leaf holds WORDS words (`word` < WORDS) and is never unmapped.
         unsafe { (*leaf.add(word)).load(Ordering::Relaxed) & bit != 0 }
+    }
+}
+
+impl SegMap {
+    /// Calls `f` with the base address of every segment marked live. For audits: the caller
+    /// keeps segments from coming and going meanwhile.
+    #[cfg(any(test, feature = "mock"))]
+    pub(crate) fn for_each(&self, mut f: impl FnMut(usize)) {
+        for top in 0..TOP {
+            let leaf = self.leaf(top);
+            if leaf.is_null() {
+                continue;
+            }
+            for w in 0..WORDS {
+                // SAFETY: a published leaf of WORDS words.
+                let mut bits = unsafe { (*leaf.add(w)).load(Ordering::Relaxed) };
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    f(((top << LEAF_SHIFT) + w * WORD_BITS + b) << SEGMENT_SHIFT);
+                }
+            }
+        }
     }
 }
 
@@ -86,7 +133,12 @@ impl<P: Platform> Core<P> {
         let Some((top, word, bit)) = SegMap::index(base) else {
             return false;
         };
-        let mut leaf = self.segmap.leaves[top].load(Ordering::Acquire);
+        let mut leaf = self.segmap.leaf(top);
+        if leaf.is_null() && !self.segmap.first_taken.swap(true, Ordering::Relaxed) {
+            // Zero already; writers hold the page-heap lock, so nobody published one meanwhile.
+            self.segmap.leaves[top].store(INLINE, Ordering::Release);
+            leaf = self.segmap.leaf(top);
+        }
         if leaf.is_null() {
             let len = LEAF_BYTES.next_multiple_of(P::PAGE_SIZE);
             // SAFETY: a page-multiple length at page alignment.
@@ -112,7 +164,7 @@ impl<P: Platform> Core<P> {
         let Some((top, word, bit)) = SegMap::index(base) else {
             return;
         };
-        let leaf = self.segmap.leaves[top].load(Ordering::Acquire);
+        let leaf = self.segmap.leaf(top);
         if !leaf.is_null() {
             // SAFETY: a published leaf, never unmapped.
             unsafe { (*leaf.add(word)).fetch_and(!bit, Ordering::Relaxed) };

@@ -308,6 +308,7 @@ impl<P: Platform> Core<P> {
     ) {
         let bs = class_size(class);
         let base = seg.addr() + idx * SLICE_SIZE;
+        crate::track::unpoison(self.platform.ptr_from_addr(base), n * SLICE_SIZE);
         // SAFETY: the descriptor is ours until published; the span lies in the segment.
         unsafe {
             ptr::write(page, Page::new());
@@ -378,6 +379,8 @@ impl<P: Platform> Core<P> {
         let n = unsafe { (*page).slices } as usize;
         let run = run_mask(idx, n);
         self.counters.slab_pages.fetch_sub(1, Ordering::Relaxed);
+        // Still ours: poisoned before another thread can take it.
+        crate::track::poison(self.platform.ptr_from_addr(seg.addr() + idx * SLICE_SIZE), n * SLICE_SIZE);
         let mut unmap = None;
         let purge_later;
         {
@@ -433,6 +436,20 @@ impl<P: Platform> Core<P> {
         self.segmap_remove(seg.addr());
         // SAFETY: per the contract; `seg` came from `os_map(SEGMENT_SIZE, ..)`.
         unsafe { self.os_unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
+    }
+
+    /// Bytes the segment at `base` holds charged: its header pages (more if metadata grew past
+    /// them) and its committed slices. For [`Core::audit_usage`].
+    #[cfg(any(test, feature = "mock"))]
+    pub(crate) fn segment_charged(&self, base: usize) -> usize {
+        let _ph = self.lock(&self.pages);
+        let seg = self.platform.ptr_from_addr(base).cast::<Segment>();
+        // SAFETY: a live segment (the caller found it in the segment map and keeps segments
+        // from going); its page-heap fields under the lock.
+        unsafe {
+            let header = header_bytes(P::PAGE_SIZE).max((*seg).meta_end.next_multiple_of(P::PAGE_SIZE));
+            header + ((*seg).committed & ALL_SLICES).count_ones() as usize * SLICE_SIZE
+        }
     }
 
     /// Purges every free, committed slice of `seg`; returns the bytes given back.
