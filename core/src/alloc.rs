@@ -556,6 +556,19 @@ impl<P: Platform> Core<P> {
     /// Bytes usable at `ptr` without its layout — the kernel's `ksize`, C's
     /// `malloc_usable_size`: the block's size class or the area's length; 0 for null or a
     /// pointer ctxalloc did not hand out.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// use ctxalloc_core::{mock::MockPlatform, Core};
+    /// use core::alloc::Layout;
+    /// let core = Core::new(MockPlatform::new(64 << 20));
+    /// let l = Layout::from_size_align(300_000, 8).unwrap();
+    /// let p = unsafe { core.alloc(l) };
+    /// assert_eq!(core.ksize(p), 300_000usize.next_multiple_of(4096)); // a page-granular area
+    /// assert_eq!(core.ksize(core::ptr::null()), 0);
+    /// unsafe { core.kfree(p) };
+    /// # }
+    /// ```
     pub fn ksize(&self, ptr: *const u8) -> usize {
         if ptr.is_null() {
             return 0;
@@ -571,6 +584,20 @@ impl<P: Platform> Core<P> {
     /// (or the area, by `remap`) can hold `new_size`; otherwise allocate in the effective
     /// context of `call`, copy, free. Null on failure, the old block untouched; null and a
     /// report for a pointer ctxalloc did not hand out.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// use ctxalloc_core::{mock::MockPlatform, Core, Gfp};
+    /// let core = Core::new(MockPlatform::new(64 << 20));
+    /// unsafe {
+    ///     let p = core.krealloc(core::ptr::null_mut(), 10, Gfp::KERNEL); // malloc(10)
+    ///     p.copy_from(b"ctxalloc!\0".as_ptr(), 10);
+    ///     let q = core.krealloc(p, 200_000, Gfp::NOFS); // grows into a vmap area
+    ///     assert_eq!(core::slice::from_raw_parts(q, 10), b"ctxalloc!\0");
+    ///     core.kfree(q);
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Safety
     /// `ptr` is null or a live block of this allocator; `new_size` ≤ `isize::MAX`.

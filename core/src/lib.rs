@@ -115,6 +115,8 @@ mod mempool {
 #[cfg(loom)]
 #[allow(dead_code)]
 mod reclaim {
+    #[path = "background.rs"]
+    pub(crate) mod background;
     #[path = "registry.rs"]
     pub(crate) mod registry;
     #[path = "shrinker.rs"]
@@ -133,6 +135,8 @@ pub use page::emergency_reserve;
 pub use page::PURGE_DELAY_NS;
 #[cfg(not(loom))]
 pub use platform::{Platform, ThreadCtx};
+#[cfg(not(loom))]
+pub use reclaim::background::BackgroundThread;
 #[cfg(not(loom))]
 pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
 #[cfg(not(loom))]

@@ -8,6 +8,7 @@
 
 #![no_main]
 
+use ctxalloc_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
 
@@ -15,17 +16,6 @@ use std::collections::BTreeMap;
 /// binary's allocator is plain `CtxAlloc`.
 #[global_allocator]
 static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
-
-/// Reads the input a byte at a time; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-}
 
 const SCOPES: [ctxalloc::Gfp; 4] =
     [ctxalloc::Gfp::KERNEL, ctxalloc::Gfp::NOFS, ctxalloc::Gfp::NOIO, ctxalloc::Gfp::NORECLAIM];
@@ -39,13 +29,16 @@ fuzz_target!(|data: &[u8]| {
     let consumer = std::thread::spawn(move || {
         let mut sum = 0u64;
         for v in rx {
-            assert!(v.iter().enumerate().all(|(i, &x)| x == v.len() as u32 ^ i as u32), "a vector changed in flight");
+            assert!(
+                v.iter().enumerate().all(|(i, &x)| x == v.len() as u32 ^ i as u32),
+                "a vector changed in flight"
+            );
             sum += v.len() as u64;
         }
         sum
     });
     let mut sent = 0u64;
-    while !input.0.is_empty() {
+    while !input.is_empty() {
         let _scope = ctxalloc::scope(SCOPES[usize::from(input.byte()) % SCOPES.len()]);
         match input.byte() % 8 {
             0 => {

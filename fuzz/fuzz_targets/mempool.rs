@@ -8,25 +8,15 @@
 
 #![no_main]
 
-use ctxalloc_core::mock::MockPlatform;
-use ctxalloc_core::{Core, Gfp, Mempool, Platform, SLICE_SIZE};
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use ctxalloc_core::mock::MockPlatform;
+use ctxalloc_core::{Core, Gfp, Mempool, Platform, SLICE_SIZE};
+use ctxalloc_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
 
 const ARENA: usize = 16 << 20;
-
-/// Reads the input a byte at a time; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-}
 
 fn fill(p: NonNull<u8>, n: usize, v: u8) {
     // SAFETY: a live block of at least `n` bytes.
@@ -52,18 +42,19 @@ fuzz_target!(|data: &[u8]| {
     let mut live: BTreeMap<usize, (usize, u8, bool)> = BTreeMap::new();
     let filler = Layout::from_size_align(32 << 10, 8).unwrap();
     let mut next = 1u8;
-    let admit = |live: &mut BTreeMap<usize, (usize, u8, bool)>, p: NonNull<u8>, len: usize, v: u8, elem: bool| {
-        let a = p.as_ptr().addr();
-        if let Some((&b, &(l, _, _))) = live.range(..=a).next_back() {
-            assert!(b + l <= a, "{a:#x} handed out while the block at {b:#x} is live");
-        }
-        if let Some((&b, _)) = live.range(a + 1..).next() {
-            assert!(a + len <= b, "{a:#x}+{len} overlaps the live block at {b:#x}");
-        }
-        fill(p, len, v);
-        live.insert(a, (len, v, elem));
-    };
-    while !input.0.is_empty() {
+    let admit =
+        |live: &mut BTreeMap<usize, (usize, u8, bool)>, p: NonNull<u8>, len: usize, v: u8, elem: bool| {
+            let a = p.as_ptr().addr();
+            if let Some((&b, &(l, _, _))) = live.range(..=a).next_back() {
+                assert!(b + l <= a, "{a:#x} handed out while the block at {b:#x} is live");
+            }
+            if let Some((&b, _)) = live.range(a + 1..).next() {
+                assert!(a + len <= b, "{a:#x}+{len} overlaps the live block at {b:#x}");
+            }
+            fill(p, len, v);
+            live.insert(a, (len, v, elem));
+        };
+    while !input.is_empty() {
         let op = input.byte() % 10;
         match op {
             0..=3 => {
@@ -117,7 +108,12 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => core.platform().fail_next_maps(usize::from(input.byte() % 3)),
         }
-        assert!(pool.curr_nr() <= pool.min_nr().max(1), "reserve {} above min_nr {}", pool.curr_nr(), pool.min_nr());
+        assert!(
+            pool.curr_nr() <= pool.min_nr().max(1),
+            "reserve {} above min_nr {}",
+            pool.curr_nr(),
+            pool.min_nr()
+        );
     }
     core.platform().fail_next_maps(0);
     for (a, (len, v, elem)) in std::mem::take(&mut live) {

@@ -15,34 +15,13 @@ use ctxalloc_core::{Core, Gfp, SEGMENT_SIZE, SLICE_SIZE};
 
 /// The mock arena.
 const ARENA: usize = 16 << 20;
+use ctxalloc_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 
 /// The scopes the fuzzer opens. Not NOFAIL: a NOFAIL allocation the arena cannot satisfy waits
 /// for a free that a single-threaded run never makes — a hang by design (R5.10), which the
 /// reclaim tests cover with a second thread that frees.
 const SCOPES: [Gfp; 4] = [Gfp::NOFS, Gfp::NOIO, Gfp::NORECLAIM, Gfp::MEMALLOC];
-
-/// Reads the input a byte at a time; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.byte()) | u16::from(self.byte()) << 8
-    }
-    fn size(&mut self) -> usize {
-        let raw = usize::from(self.u16());
-        match self.byte() % 16 {
-            0 => raw * 16,  // up to 1 MiB: vmap
-            1..=3 => raw,   // up to 64 KiB: every slab class
-            _ => raw % 600, // small
-        }
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let core = Core::new(MockPlatform::new(ARENA));
@@ -51,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut word = Gfp::KERNEL;
     {
         let mut m = Model::new(&core);
-        while !input.0.is_empty() {
+        while !input.is_empty() {
             match input.byte() % 16 {
                 0..=4 => {
                     let size = input.size();

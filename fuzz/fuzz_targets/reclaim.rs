@@ -16,26 +16,16 @@
 
 #![no_main]
 
-use ctxalloc_core::mock::MockPlatform;
-use ctxalloc_core::{Core, Effective, Gfp, Platform, ReclaimClass, ScanResult, ShrinkControl, Shrinker};
 use core::alloc::Layout;
 use core::cell::Cell;
 use core::ptr::NonNull;
+use ctxalloc_core::mock::MockPlatform;
+use ctxalloc_core::{Core, Effective, Gfp, Platform, ReclaimClass, ScanResult, ShrinkControl, Shrinker};
+use ctxalloc_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Mutex;
 
 const ARENA: usize = 24 << 20;
-
-/// Reads the input a byte at a time; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-}
 
 thread_local! {
     /// The effective context of the allocation being made now, or `None` for a background pass
@@ -81,7 +71,12 @@ impl Cache {
         match SERVING.with(Cell::get) {
             Some(eff) => {
                 assert_eq!(sc.gfp, eff.gfp(), "sc.gfp is not the allocation's context");
-                assert!(eff.may_call(self.class), "{:?} shrinker called in context {}", self.class, eff.gfp());
+                assert!(
+                    eff.may_call(self.class),
+                    "{:?} shrinker called in context {}",
+                    self.class,
+                    eff.gfp()
+                );
             }
             None => assert_eq!(sc.gfp, Gfp::KERNEL, "a background pass runs in a clean context"),
         }
@@ -188,7 +183,7 @@ fuzz_target!(|data: &[u8]| {
     let deferred = |core: &Core<MockPlatform>| -> Vec<usize> {
         core.stats().shrinkers().iter().map(|r| r.stats.deferred).collect()
     };
-    while !input.0.is_empty() {
+    while !input.is_empty() {
         match input.byte() % 6 {
             0..=2 => {
                 // An allocation in a random context: it may reclaim.
@@ -216,7 +211,10 @@ fuzz_target!(|data: &[u8]| {
                 let after = deferred(&core);
                 for (i, c) in caches.iter().enumerate() {
                     if !eff.may_call(c.class) {
-                        assert!(after[i] >= before[i].min(counts[i].saturating_mul(2)), "deferred work lost on a skip");
+                        assert!(
+                            after[i] >= before[i].min(counts[i].saturating_mul(2)),
+                            "deferred work lost on a skip"
+                        );
                     }
                 }
             }
@@ -241,7 +239,11 @@ fuzz_target!(|data: &[u8]| {
                     } else {
                         let cap = 2 * f;
                         assert!(c.asked.get() <= before[i].min(cap), "asked for more than was deferred");
-                        assert_eq!(after[i], (before[i] - c.asked.get()).min(cap), "deferred work not conserved");
+                        assert_eq!(
+                            after[i],
+                            (before[i] - c.asked.get()).min(cap),
+                            "deferred work not conserved"
+                        );
                     }
                 }
             }
@@ -257,7 +259,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let usage = core.usage();
-        assert!(usage <= limit + ctxalloc_core::emergency_reserve(limit), "usage {usage} over the limit {limit}");
+        assert!(
+            usage <= limit + ctxalloc_core::emergency_reserve(limit),
+            "usage {usage} over the limit {limit}"
+        );
         assert_eq!(core.audit_usage(), usage);
     }
     for a in live {

@@ -12,28 +12,19 @@
 
 #![no_main]
 
-use ctxalloc_core::{Cookie, Gfp, ScopeState};
 use core::cell::Cell;
 use core::panic::Location;
+use ctxalloc_core::{Cookie, Gfp, ScopeState};
+use ctxalloc_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 
 const TRACKED: usize = 16;
 
-/// Reads the input a byte at a time; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-    /// Any scope flags (the low five bits), sometimes with bits a scope cannot set.
-    fn flags(&mut self) -> Gfp {
-        let b = self.byte();
-        let extra = if b & 0x80 != 0 { Gfp::NOWARN | Gfp::ZERO } else { Gfp::KERNEL };
-        Gfp::from_bits_truncate(u32::from(b) & 0x1f) | extra
-    }
+/// Any scope flags (the low five bits), sometimes with bits a scope cannot set.
+fn flags(input: &mut Input<'_>) -> Gfp {
+    let b = input.byte();
+    let extra = if b & 0x80 != 0 { Gfp::NOWARN | Gfp::ZERO } else { Gfp::KERNEL };
+    Gfp::from_bits_truncate(u32::from(b) & 0x1f) | extra
 }
 
 /// A scope on the model's stack: open (with its cookie), or closed out of order and waiting
@@ -54,10 +45,10 @@ fuzz_target!(|data: &[u8]| {
     let held = |holds: &[u32; 5]| {
         (0..5).filter(|&i| holds[i] != 0).fold(Gfp::KERNEL, |g, i| g | Gfp::from_bits_truncate(1 << i))
     };
-    while !input.0.is_empty() {
+    while !input.is_empty() {
         match input.byte() % 8 {
             0..=2 if stack.len() < TRACKED => {
-                let flags = input.flags();
+                let flags = flags(&mut input);
                 let scope_bits = flags & Gfp::SCOPE_MASK;
                 let cookie = s.save(flags, Location::caller());
                 assert_eq!(cookie.bits(), scope_bits - word, "a save returns exactly the bits it newly set");
@@ -67,7 +58,8 @@ fuzz_target!(|data: &[u8]| {
             3..=5 if stack.iter().any(|f| f.cookie.is_some()) => {
                 // Usually the innermost; sometimes one further out.
                 let open: Vec<usize> = (0..stack.len()).filter(|&i| stack[i].cookie.is_some()).collect();
-                let back = if input.byte() % 3 == 0 { usize::from(input.byte() % 4).min(open.len() - 1) } else { 0 };
+                let back =
+                    if input.byte() % 3 == 0 { usize::from(input.byte() % 4).min(open.len() - 1) } else { 0 };
                 let i = open[open.len() - 1 - back];
                 let innermost = stack.last().unwrap().flags;
                 let cookie = stack[i].cookie.take().unwrap();
@@ -83,11 +75,16 @@ fuzz_target!(|data: &[u8]| {
                 }
                 if cfg!(debug_assertions) {
                     let expected = (!was_top).then_some((flags, innermost));
-                    assert_eq!(reported.get(), expected, "mispair report for restoring scope {i} of {}", stack.len());
+                    assert_eq!(
+                        reported.get(),
+                        expected,
+                        "mispair report for restoring scope {i} of {}",
+                        stack.len()
+                    );
                 }
             }
             6 => {
-                let flags = input.flags();
+                let flags = flags(&mut input);
                 let bits = (flags & Gfp::SCOPE_MASK).bits();
                 if input.byte() % 2 == 0 {
                     s.hold(flags);
@@ -103,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => {
                 // The reclaim path: its own word for a while, then the caller's back; holds stay.
-                let inner = input.flags() & Gfp::SCOPE_MASK;
+                let inner = flags(&mut input) & Gfp::SCOPE_MASK;
                 let before = s.replace(inner);
                 assert_eq!(before, word);
                 assert_eq!(s.current(), inner | held(&holds));

@@ -121,6 +121,33 @@ impl<P: Platform> KernelAlloc<P> {
         self.on_cpu(|c| unsafe { c.dealloc(ptr.as_ptr(), layout) });
     }
 
+    /// Frees a block without its layout (`kfree`): null is ignored, a pointer this allocator
+    /// never handed out is reported through the platform and ignored.
+    ///
+    /// # Safety
+    /// `ptr` is null, a live block of this allocator that the caller gives up, or a pointer it
+    /// never handed out.
+    pub unsafe fn kfree(&self, ptr: *mut u8) {
+        // SAFETY: forwarded.
+        self.on_cpu(|c| unsafe { c.kfree(ptr) });
+    }
+
+    /// Bytes usable at `ptr` without its layout (`ksize`); 0 for null or a foreign pointer.
+    pub fn ksize(&self, ptr: *const u8) -> usize {
+        self.core.ksize(ptr)
+    }
+
+    /// Resizes a block without its layout (`krealloc`, 16-byte alignment): null allocates;
+    /// new memory is allocated in the effective context of `gfp`. Null on failure, the old
+    /// block untouched.
+    ///
+    /// # Safety
+    /// `ptr` is null or a live block of this allocator; `new_size` ≤ `isize::MAX`.
+    pub unsafe fn krealloc(&self, ptr: *mut u8, new_size: usize, gfp: Gfp) -> *mut u8 {
+        // SAFETY: forwarded.
+        self.on_cpu(|c| unsafe { c.krealloc(ptr, new_size, gfp) })
+    }
+
     /// This CPU's (task's) context word.
     pub fn current(&self) -> Gfp {
         self.core.current()

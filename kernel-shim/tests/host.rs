@@ -265,3 +265,37 @@ fn every_segment_of_an_aligned_region_holds_small_objects() {
         unsafe { ALIGNED.dealloc_with(p, l) };
     }
 }
+
+#[test]
+fn kfree_ksize_and_krealloc_find_blocks_from_their_address() {
+    // C-style code in a kernel frees without a size: slab blocks and large areas are found
+    // from the address alone, and a pointer from elsewhere is refused, not followed.
+    let mut ptrs = Vec::new();
+    for (i, size) in [1usize, 100, 3000, 40_000, 70_000, 3 << 20].into_iter().enumerate() {
+        // SAFETY: null allocates; the size is small.
+        let p = unsafe { GLOBAL.krealloc(std::ptr::null_mut(), size, Gfp::KERNEL) };
+        assert!(!p.is_null() && GLOBAL.ksize(p) >= size);
+        // SAFETY: `size` bytes of ours.
+        unsafe { p.write_bytes(i as u8, size) };
+        ptrs.push((p, size, i as u8));
+    }
+    for (p, size, v) in &mut ptrs {
+        // SAFETY: a live block; it grows (or moves) keeping its bytes.
+        let q = unsafe { GLOBAL.krealloc(*p, *size * 2 + 1, Gfp::NOFS) };
+        assert!(!q.is_null());
+        // SAFETY: the first `size` bytes were copied.
+        assert!(unsafe { std::slice::from_raw_parts(q, *size) }.iter().all(|b| b == v));
+        *p = q;
+    }
+    let bad_before = GLOBAL.stats().bad_frees;
+    let local = [0u8; 64];
+    // SAFETY: a pointer this allocator never handed out: reported and ignored.
+    unsafe { GLOBAL.kfree(local.as_ptr().cast_mut()) };
+    assert_eq!(GLOBAL.ksize(local.as_ptr()), 0);
+    assert_eq!(GLOBAL.stats().bad_frees, bad_before + 1);
+    for (p, _, _) in ptrs {
+        // SAFETY: live blocks, given up.
+        unsafe { GLOBAL.kfree(p) };
+    }
+    assert_eq!(GLOBAL.stats().bad_frees, bad_before + 1);
+}

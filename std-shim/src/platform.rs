@@ -3,7 +3,7 @@
 //! and a second thread-local whose only job is to run [`Core::thread_exit`].
 
 use crate::CORE;
-use ctxalloc_core::{Platform, ThreadCtx};
+use ctxalloc_core::{BackgroundThread, Platform, ThreadCtx};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -33,10 +33,10 @@ impl Drop for ExitHook {
 /// Whether the `fork` handlers are registered and the environment was read.
 static ATFORK: AtomicBool = AtomicBool::new(false);
 
-/// Whether a background thread runs (in this process: a child of `fork` has none). Set by
-/// whoever starts one, cleared by the thread as it exits when idle; SeqCst on both sides (see
-/// `background_main`).
-static BACKGROUND: AtomicBool = AtomicBool::new(false);
+/// Whether a background thread runs (in this process: a child of `fork` has none): set by
+/// whoever starts one, cleared by the thread as it exits when idle (the protocol and its loom
+/// model: `ctxalloc_core::BackgroundThread`).
+static BACKGROUND: BackgroundThread = BackgroundThread::new();
 
 /// `CTXALLOC_BACKGROUND=off`: never start the background reclaimer (all reclaim is then direct,
 /// on the allocating threads — deterministic, and no extra thread).
@@ -45,7 +45,7 @@ static BACKGROUND_OFF: AtomicBool = AtomicBool::new(false);
 /// Starts the background reclaimer if it is not running. Safe to call from an allocation's
 /// slow path: it creates a bare pthread (the C library allocates its stack and TLS itself).
 pub(crate) fn start_background() {
-    if BACKGROUND_OFF.load(Ordering::Acquire) || BACKGROUND.swap(true, Ordering::SeqCst) {
+    if BACKGROUND_OFF.load(Ordering::Acquire) || !BACKGROUND.want() {
         return;
     }
     let mut tid: libc::pthread_t = 0;
@@ -55,7 +55,7 @@ pub(crate) fn start_background() {
         // SAFETY: a thread we just created; nobody joins it.
         unsafe { libc::pthread_detach(tid) };
     } else {
-        BACKGROUND.store(false, Ordering::SeqCst);
+        BACKGROUND.forget();
         StdPlatform.report("ctxalloc: could not start the background reclaimer; reclaim stays direct\n");
     }
 }
@@ -87,12 +87,10 @@ extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
         if pending || CORE.background_pending() {
             continue;
         }
-        // Idle: announce the exit, then look once more (see `Core::background_pending`).
-        BACKGROUND.store(false, Ordering::SeqCst);
-        if CORE.background_pending() && !BACKGROUND.swap(true, Ordering::SeqCst) {
-            continue;
+        // Idle: leave, unless work arrived while we decided to (see `BackgroundThread`).
+        if BACKGROUND.may_exit(|| CORE.background_pending()) {
+            return ptr::null_mut();
         }
-        return ptr::null_mut();
     }
 }
 
@@ -150,7 +148,7 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     // The background reclaimer did not survive the fork; it restarts when wanted.
-    BACKGROUND.store(false, Ordering::Release);
+    BACKGROUND.forget();
     // SAFETY: the child's only thread, which ran `fork_prepare`.
     unsafe { CORE.fork_child() };
 }
@@ -208,6 +206,36 @@ unsafe impl Platform for StdPlatform {
         start_background();
     }
 
+    #[cfg(miri)]
+    unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        // Miri's mmap cannot trim a mapping to an alignment: posix_memalign stands in.
+        let mut p = ptr::null_mut();
+        // SAFETY: a power-of-two alignment that is a multiple of the pointer size.
+        if unsafe { libc::posix_memalign(&mut p, align.max(PAGE), len) } != 0 {
+            return None;
+        }
+        // SAFETY: `len` fresh bytes; mappings read as zero.
+        unsafe { p.cast::<u8>().write_bytes(0, len) };
+        // As for a real mapping: `ptr_from_addr` rebuilds pointers into it from addresses.
+        p.expose_provenance();
+        NonNull::new(p.cast())
+    }
+
+    #[cfg(miri)]
+    unsafe fn unmap(&self, ptr: NonNull<u8>, _len: usize) {
+        // SAFETY: a whole "mapping" from `map` above.
+        unsafe { libc::free(ptr.as_ptr().cast()) };
+    }
+
+    #[cfg(miri)]
+    unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        // What MADV_DONTNEED does to private anonymous memory.
+        // SAFETY: the range lies in one mapping and holds nothing anyone reads.
+        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        true
+    }
+
+    #[cfg(not(miri))]
     unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         // SAFETY: `len` is page-rounded by the caller.
         let p = unsafe { mmap(len)? };
@@ -238,18 +266,20 @@ unsafe impl Platform for StdPlatform {
         NonNull::new(p)
     }
 
+    #[cfg(not(miri))]
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize) {
         // SAFETY: the core hands back a whole mapping it no longer uses.
         let r = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
         debug_assert_eq!(r, 0, "munmap failed: errno {}", errno());
     }
 
+    #[cfg(not(miri))]
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize) -> bool {
         // SAFETY: the range lies in one mapping and holds nothing anyone reads.
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(miri)))]
     unsafe fn remap(&self, ptr: NonNull<u8>, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
         // SAFETY: `ptr`/`old_len` is a whole mapping the caller owns.
         let p = unsafe { libc::mremap(ptr.as_ptr().cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };

@@ -180,18 +180,26 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// Frees the block at index `pick % len()` after checking its contents.
-    pub fn free(&mut self, pick: usize) {
+    /// Removes the block at index `pick % len()` from the model after checking its contents;
+    /// the caller frees it.
+    fn take(&mut self, pick: usize) -> Option<(*mut u8, Layout)> {
         if self.addrs.is_empty() {
-            return;
+            return None;
         }
         let addr = self.addrs.swap_remove(pick % self.addrs.len());
         let l = self.live.remove(&addr).unwrap();
         let p = self.ptr(addr);
         Self::verify(p, l.layout.size(), l.fill);
         self.live_bytes -= l.layout.size();
-        // SAFETY: a live block of this layout.
-        unsafe { self.core.dealloc(p, l.layout) };
+        Some((p, l.layout))
+    }
+
+    /// Frees the block at index `pick % len()` after checking its contents.
+    pub fn free(&mut self, pick: usize) {
+        if let Some((p, layout)) = self.take(pick) {
+            // SAFETY: a live block of this layout.
+            unsafe { self.core.dealloc(p, layout) };
+        }
     }
 
     /// Reallocates the block at index `pick % len()` to `new_size`; checks that the common prefix
@@ -214,30 +222,19 @@ impl<'a> Model<'a> {
             Self::verify(p, l.layout.size(), l.fill);
             return false;
         }
-        Self::verify(q, l.layout.size().min(new_size), l.fill);
-        self.addrs.swap_remove(i);
-        self.live.remove(&addr);
-        self.live_bytes -= l.layout.size();
-        let layout = Layout::from_size_align(new_size, l.layout.align()).unwrap();
-        self.admit(q, layout, false);
+        self.moved(i, q, Layout::from_size_align(new_size, l.layout.align()).unwrap());
         true
     }
 
     /// Frees the block at index `pick % len()` without its layout ([`Core::kfree`]), after
     /// checking its contents and that [`Core::ksize`] covers it.
     pub fn kfree(&mut self, pick: usize) {
-        if self.addrs.is_empty() {
-            return;
+        if let Some((p, layout)) = self.take(pick) {
+            let usable = self.core.ksize(p);
+            assert!(usable >= layout.size(), "ksize {usable} below the block's {} bytes", layout.size());
+            // SAFETY: a live block, given up.
+            unsafe { self.core.kfree(p) };
         }
-        let addr = self.addrs.swap_remove(pick % self.addrs.len());
-        let l = self.live.remove(&addr).unwrap();
-        let p = self.ptr(addr);
-        Self::verify(p, l.layout.size(), l.fill);
-        let usable = self.core.ksize(p);
-        assert!(usable >= l.layout.size(), "ksize {usable} below the block's {} bytes", l.layout.size());
-        self.live_bytes -= l.layout.size();
-        // SAFETY: a live block, given up.
-        unsafe { self.core.kfree(p) };
     }
 
     /// Resizes the block at index `pick % len()` without its layout ([`Core::krealloc`]): the
@@ -257,13 +254,18 @@ impl<'a> Model<'a> {
             Self::verify(p, l.layout.size(), l.fill);
             return false;
         }
-        Self::verify(q, l.layout.size().min(new_size), l.fill);
-        self.addrs.swap_remove(i);
-        self.live.remove(&addr);
-        self.live_bytes -= l.layout.size();
-        let layout = Layout::from_size_align(new_size, crate::size_class::MIN_ALIGN).unwrap();
-        self.admit(q, layout, false);
+        self.moved(i, q, Layout::from_size_align(new_size, crate::size_class::MIN_ALIGN).unwrap());
         true
+    }
+
+    /// Records that the block at index `i` now lives at `q` with `layout` (after a realloc):
+    /// checks the common prefix kept its contents, then admits the new block.
+    fn moved(&mut self, i: usize, q: *mut u8, layout: Layout) {
+        let addr = self.addrs.swap_remove(i);
+        let l = self.live.remove(&addr).unwrap();
+        Self::verify(q, l.layout.size().min(layout.size()), l.fill);
+        self.live_bytes -= l.layout.size();
+        self.admit(q, layout, false);
     }
 
     /// Checks the contents of every live block.

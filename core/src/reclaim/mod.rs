@@ -17,6 +17,7 @@
 //! Nothing here runs under an allocator lock: the callers release every lock before asking
 //! [`Core::reclaim_step`] what to do, and retry afterwards.
 
+pub(crate) mod background;
 pub(crate) mod registry;
 pub(crate) mod shrinker;
 
@@ -234,7 +235,8 @@ impl<P: Platform> Core<P> {
             self.meta_alloc(size_of::<Chunk>(), Effective::new(Gfp::MEMALLOC, Gfp::KERNEL)).map(NonNull::cast)
         };
         // SAFETY: forwarded contract.
-        unsafe { self.reclaim.registry.register(shrinker, new_chunk) }.map(|slot| ShrinkerId(NonNull::from(slot)))
+        unsafe { self.reclaim.registry.register(shrinker, new_chunk) }
+            .map(|slot| ShrinkerId(NonNull::from(slot)))
     }
 
     /// Unregisters a shrinker, waiting for calls in flight; afterwards it is never called again.

@@ -51,6 +51,10 @@ pub(crate) struct SegMap {
     /// [`INLINE`] sentinel, not its address, so that a `Core` stays movable.
     first: [AtomicUsize; WORDS],
     first_taken: AtomicBool,
+    /// The lowest and highest top-level entries with a leaf (`usize::MAX` and 0 while none
+    /// has): audits walk only these. Written under the page-heap lock.
+    lo: AtomicUsize,
+    hi: AtomicUsize,
 }
 
 /// The entry in `leaves` that stands for the inline `first` leaf: never a mapped address.
@@ -71,6 +75,8 @@ impl SegMap {
             leaves: [const { AtomicPtr::new(ptr::null_mut()) }; TOP],
             first: [const { AtomicUsize::new(0) }; WORDS],
             first_taken: AtomicBool::new(false),
+            lo: AtomicUsize::new(usize::MAX),
+            hi: AtomicUsize::new(0),
         }
     }
 
@@ -108,7 +114,8 @@ impl SegMap {
     /// keeps segments from coming and going meanwhile.
     #[cfg(any(test, feature = "mock"))]
     pub(crate) fn for_each(&self, mut f: impl FnMut(usize)) {
-        for top in 0..TOP {
+        let (lo, hi) = (self.lo.load(Ordering::Relaxed), self.hi.load(Ordering::Relaxed));
+        for top in lo..=hi.min(TOP - 1) {
             let leaf = self.leaf(top);
             if leaf.is_null() {
                 continue;
@@ -153,6 +160,8 @@ impl<P: Platform> Core<P> {
             // Writers hold the page-heap lock, so nobody published another leaf meanwhile.
             self.segmap.leaves[top].store(leaf, Ordering::Release);
         }
+        self.segmap.lo.fetch_min(top, Ordering::Relaxed);
+        self.segmap.hi.fetch_max(top, Ordering::Relaxed);
         // SAFETY: a published leaf, never unmapped.
         unsafe { (*leaf.add(word)).fetch_or(bit, Ordering::Relaxed) };
         true

@@ -11,9 +11,12 @@ fn kmalloc(core: &Core<MockPlatform>, n: usize) -> *mut u8 {
     unsafe { core.krealloc(core::ptr::null_mut(), n, Gfp::KERNEL) }
 }
 
+/// Bytes the pattern covers: all of them, or every 61st under miri (which interprets each).
+const STEP: usize = if MIRI { 61 } else { 1 };
+
 /// Fills `n` bytes at `p` with a pattern derived from `seed`.
 fn fill(p: *mut u8, n: usize, seed: u8) {
-    for i in 0..n {
+    for i in (0..n).step_by(STEP) {
         // SAFETY: the caller's block has `n` bytes.
         unsafe { p.add(i).write(seed.wrapping_add(i as u8)) };
     }
@@ -22,14 +25,14 @@ fn fill(p: *mut u8, n: usize, seed: u8) {
 /// Whether the first `n` bytes at `p` still hold the pattern of `seed`.
 fn intact(p: *const u8, n: usize, seed: u8) -> bool {
     // SAFETY: the caller's block has `n` bytes.
-    (0..n).all(|i| unsafe { p.add(i).read() } == seed.wrapping_add(i as u8))
+    (0..n).step_by(STEP).all(|i| unsafe { p.add(i).read() } == seed.wrapping_add(i as u8))
 }
 
 #[test]
 fn kfree_ksize_and_krealloc_find_every_backend_from_the_address() {
     let core = new_core(if MIRI { 24 } else { 64 });
     let sizes: &[usize] = if MIRI {
-        &[1, 100, 5000, SLAB_MAX, SLAB_MAX + 1, 300_000]
+        &[1, 100, 5000, SLAB_MAX + 1]
     } else {
         &[0, 1, 16, 100, 1000, 4096, 5000, 40_000, SLAB_MAX, SLAB_MAX + 1, 300_000, 3 << 20]
     };
