@@ -6,13 +6,18 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// `target/<profile>/libctxalloc_preload.so`, built by cargo before this test.
+/// The library cargo built for this test: the lib target is also an `rlib`, so cargo builds it
+/// (both crate types, into `deps/` next to this test binary) before running the test; a
+/// `cargo build` of the package leaves a copy in `target/<profile>/` as well.
 fn library() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let lib = dir.join("libctxalloc_preload.so");
-    assert!(lib.exists(), "{} not built", lib.display());
-    lib
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let candidates = [
+        deps.join("libctxalloc_preload.so"),
+        deps.parent().expect("target/<profile>").join("libctxalloc_preload.so"),
+    ];
+    let found = candidates.iter().find(|lib| lib.exists());
+    found.unwrap_or_else(|| panic!("libctxalloc_preload.so not built: looked for {candidates:?}")).clone()
 }
 
 #[test]
