@@ -81,6 +81,8 @@ pub struct Core<P: Platform> {
     pub(crate) counters: Counters,
     /// Allocation-failure reports: one per 10 s (R5.12).
     fail_reports: RateLimit,
+    /// The debugging hooks' shared state (see `debug`).
+    pub(crate) debug: crate::debug::DebugShared,
 }
 
 /// Where a pointer given without its layout lives.
@@ -129,6 +131,7 @@ impl<P: Platform> Core<P> {
             reclaim: Reclaim::new(),
             counters: Counters::new(),
             fail_reports: RateLimit::new(),
+            debug: crate::debug::DebugShared::new(),
         }
     }
 
@@ -157,6 +160,21 @@ impl<P: Platform> Core<P> {
     /// As `GlobalAlloc::alloc` (a zero size is allowed and returns a minimal block).
     #[inline(always)]
     pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        #[cfg(feature = "hooks")]
+        if self.hooks_armed() {
+            // SAFETY: forwarded.
+            return self.alloc_hooked(layout.size(), Gfp::KERNEL, || unsafe { self.alloc_plain(layout) });
+        }
+        // SAFETY: forwarded.
+        unsafe { self.alloc_plain(layout) }
+    }
+
+    /// [`alloc`](Self::alloc) without the debugging hooks.
+    ///
+    /// # Safety
+    /// As [`alloc`](Self::alloc).
+    #[inline(always)]
+    unsafe fn alloc_plain(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         if size <= SMALL_MAX {
             if layout.align() <= MIN_ALIGN {
@@ -186,6 +204,7 @@ impl<P: Platform> Core<P> {
     /// layout of its last realloc).
     #[inline(always)]
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        self.free_hook(ptr);
         if (layout.size() | layout.align()) < KV_MIN {
             // SAFETY: such a layout always lives in the slab.
             unsafe { self.slab_free(ptr) }
@@ -202,6 +221,12 @@ impl<P: Platform> Core<P> {
     /// As [`alloc`](Self::alloc).
     #[inline]
     pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        #[cfg(feature = "hooks")]
+        if self.hooks_armed() {
+            // SAFETY: forwarded.
+            return self
+                .alloc_hooked(layout.size(), Gfp::ZERO, || unsafe { self.alloc_gfp(layout, Gfp::ZERO) });
+        }
         // SAFETY: forwarded.
         unsafe { self.alloc_gfp(layout, Gfp::ZERO) }
     }
@@ -219,7 +244,7 @@ impl<P: Platform> Core<P> {
             let heap = (*t).heap.get();
             let page = Heap::direct_small(heap, size);
             if !(*page).free.is_null() {
-                return pop(page, size, false);
+                return pop(self, page, size, false);
             }
             self.alloc_slow(t, small_class(size), size, Gfp::KERNEL)
         }
@@ -248,7 +273,7 @@ impl<P: Platform> Core<P> {
             let heap = (*t).heap.get();
             let page = Heap::direct(heap, class);
             if !(*page).free.is_null() {
-                return pop(page, size, call.contains(Gfp::ZERO));
+                return pop(self, page, size, call.contains(Gfp::ZERO));
             }
             self.alloc_slow(t, class, size, call)
         }
@@ -265,11 +290,24 @@ impl<P: Platform> Core<P> {
         // calling thread's context. The block pointer is rebuilt from the mapping's provenance,
         // not the caller's (which may be narrower).
         unsafe {
+            #[cfg(feature = "hardened")]
+            if !self.segmap.contains(addr) {
+                return self.bad_slab_free(ptr, "not a block ctxalloc handed out");
+            }
             let page = self.page_of(addr);
+            #[cfg(feature = "hardened")]
+            if page.is_null() || (*page).block_size == 0 {
+                return self.bad_slab_free(ptr, "inside a ctxalloc segment but not in a live slab page");
+            }
             let block = self.platform.ptr_from_addr(addr).cast::<Block>();
-            crate::track::poison_block(block.cast(), (*page).block_size as usize);
             let heap = (*self.platform.thread()).heap.get();
-            if (*page).owner.load(Ordering::Relaxed) == heap {
+            let own = (*page).owner.load(Ordering::Relaxed) == heap;
+            #[cfg(feature = "hardened")]
+            if own && crate::hardened::looks_free(block) && self.on_free_lists(page, block) {
+                return self.bad_slab_free(ptr, "freed twice");
+            }
+            crate::track::poison_block(block.cast(), (*page).block_size as usize);
+            if own {
                 Block::set_next(block, (*page).local_free);
                 (*page).local_free = block;
                 (*page).used -= 1;
@@ -340,11 +378,23 @@ impl<P: Platform> Core<P> {
     /// impossible.
     #[track_caller]
     pub fn alloc_with(&self, layout: Layout, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        #[cfg(feature = "hooks")]
+        if self.hooks_armed() {
+            let p = self.alloc_hooked(layout.size(), gfp, || self.alloc_with_plain(layout, gfp));
+            return NonNull::new(p).ok_or(AllocError);
+        }
+        NonNull::new(self.alloc_with_plain(layout, gfp)).ok_or(AllocError)
+    }
+
+    /// [`alloc_with`](Self::alloc_with) without the debugging hooks; null on failure.
+    #[track_caller]
+    #[inline]
+    fn alloc_with_plain(&self, layout: Layout, gfp: Gfp) -> *mut u8 {
         if layout.size() > KV_MIN && class_for(layout.size(), layout.align()).is_some() {
-            return NonNull::new(self.kvmalloc(layout, gfp)).ok_or(AllocError);
+            return self.kvmalloc(layout, gfp);
         }
         // SAFETY: any layout is acceptable; the result is a fresh block or null.
-        NonNull::new(unsafe { self.alloc_gfp(layout, gfp) }).ok_or(AllocError)
+        unsafe { self.alloc_gfp(layout, gfp) }
     }
 
     /// The kvmalloc path of [`alloc_with`](Self::alloc_with) for a slab-sized `layout`.
@@ -424,6 +474,22 @@ impl<P: Platform> Core<P> {
     /// As `GlobalAlloc::realloc`; `new_size` rounded up to `layout.align()` must not overflow
     /// `isize`.
     pub unsafe fn realloc_gfp(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
+        #[cfg(feature = "hooks")]
+        if self.hooks_armed() || self.tags_live() {
+            // SAFETY: forwarded.
+            return self.realloc_hooked(ptr, new_size, call, || unsafe {
+                self.realloc_gfp_plain(ptr, layout, new_size, call)
+            });
+        }
+        // SAFETY: forwarded.
+        unsafe { self.realloc_gfp_plain(ptr, layout, new_size, call) }
+    }
+
+    /// [`realloc_gfp`](Self::realloc_gfp) without the debugging hooks.
+    ///
+    /// # Safety
+    /// As [`realloc_gfp`](Self::realloc_gfp).
+    unsafe fn realloc_gfp_plain(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
         // SAFETY: forwarded.
         let p = unsafe { self.realloc_move(ptr, layout, new_size, call) };
         if call.contains(Gfp::ZERO) && !p.is_null() && new_size > layout.size() {
@@ -538,6 +604,7 @@ impl<P: Platform> Core<P> {
         if ptr.is_null() {
             return;
         }
+        self.free_hook(ptr);
         match self.owner_of(ptr) {
             // SAFETY: a live slab block, given up by the caller.
             Owner::Slab(_) => unsafe { self.slab_free(ptr) },
@@ -602,6 +669,21 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `ptr` is null or a live block of this allocator; `new_size` ≤ `isize::MAX`.
     pub unsafe fn krealloc(&self, ptr: *mut u8, new_size: usize, call: Gfp) -> *mut u8 {
+        #[cfg(feature = "hooks")]
+        if !ptr.is_null() && (self.hooks_armed() || self.tags_live()) {
+            // SAFETY: forwarded.
+            return self
+                .realloc_hooked(ptr, new_size, call, || unsafe { self.krealloc_plain(ptr, new_size, call) });
+        }
+        // SAFETY: forwarded.
+        unsafe { self.krealloc_plain(ptr, new_size, call) }
+    }
+
+    /// [`krealloc`](Self::krealloc) without the debugging hooks.
+    ///
+    /// # Safety
+    /// As [`krealloc`](Self::krealloc).
+    unsafe fn krealloc_plain(&self, ptr: *mut u8, new_size: usize, call: Gfp) -> *mut u8 {
         // SAFETY: MIN_ALIGN is a power of two; the caller bounds `new_size`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, MIN_ALIGN) };
         if ptr.is_null() {

@@ -25,12 +25,13 @@ use core::ops::{BitAnd, BitOr, BitOrAssign, Not, Sub};
 pub struct Gfp(u32);
 
 /// Names of the bits, in bit order, for `Display`.
-const NAMES: [(Gfp, &str); 10] = [
+const NAMES: [(Gfp, &str); 11] = [
     (Gfp::NOFS, "NOFS"),
     (Gfp::NOIO, "NOIO"),
     (Gfp::NORECLAIM, "NORECLAIM"),
     (Gfp::NOFAIL, "NOFAIL"),
     (Gfp::MEMALLOC, "MEMALLOC"),
+    (Gfp::FORBID, "FORBID"),
     (Gfp::MAYFAIL, "MAYFAIL"),
     (Gfp::NORETRY, "NORETRY"),
     (Gfp::NOMEMALLOC, "NOMEMALLOC"),
@@ -55,6 +56,10 @@ impl Gfp {
     pub const NOFAIL: Gfp = Gfp(1 << 3);
     /// The reclaim context (`PF_MEMALLOC`): no recursion into reclaim, full emergency reserve.
     pub const MEMALLOC: Gfp = Gfp(1 << 4);
+    /// No allocation at all (real-time code): every allocation inside is reported with its size,
+    /// and aborts the process in strict mode. Checked only when built with the `forbid-alloc`
+    /// feature (the check sits on the fast path); reclaim and the reserve ignore it.
+    pub const FORBID: Gfp = Gfp(1 << 5);
 
     // --- per-call modifiers --------------------------------------------------------------------
     /// May fail after retrying; overrides a NOFAIL scope (`__GFP_RETRY_MAYFAIL`).
@@ -77,9 +82,9 @@ impl Gfp {
     pub const GFP_NOWAIT: Gfp = Gfp(Gfp::NORECLAIM.0 | Gfp::NOWARN.0);
 
     /// The bits a scope (`memalloc_flags_save`) may set in the context word.
-    pub const SCOPE_MASK: Gfp = Gfp(0x1f);
+    pub const SCOPE_MASK: Gfp = Gfp(0x3f);
     /// Every defined bit.
-    pub const ALL: Gfp = Gfp(0x1f | 0x1f00);
+    pub const ALL: Gfp = Gfp(0x3f | 0x1f00);
 
     /// The raw bits.
     #[inline]

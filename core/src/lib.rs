@@ -21,6 +21,8 @@
 //!                    direct and background reclaim, NOFAIL waits
 //!  alloc             `Core`: entry points, dispatch, realloc, thread exit, fork
 //!  mempool           preallocated reserves with forward progress (reserve loom-checked)
+//!  debug             forbid_alloc, fault injection, allocation tags, the reclaim-order checker
+//!                    (each behind a feature; off, they cost nothing)
 //!  scoped_lock       a spin lock that carries an allocation scope
 //!  platform          what a shim provides
 //! ```
@@ -62,7 +64,11 @@ extern crate std;
 #[cfg(not(loom))]
 mod alloc;
 #[cfg(not(loom))]
+mod debug;
+#[cfg(not(loom))]
 mod gfp;
+#[cfg(all(feature = "hardened", not(loom)))]
+mod hardened;
 #[cfg(not(loom))]
 mod mempool;
 #[cfg(all(any(test, feature = "mock"), not(loom)))]
@@ -125,6 +131,12 @@ mod reclaim {
 
 #[cfg(not(loom))]
 pub use alloc::{AllocError, Core};
+#[cfg(feature = "fault-injection")]
+pub use debug::fault::{FaultConfig, FaultSaved};
+#[cfg(feature = "tags")]
+pub use debug::tags::{TagRow, MAX_TAGS};
+#[cfg(not(loom))]
+pub use debug::LockClass;
 #[cfg(not(loom))]
 pub use gfp::{Effective, Gfp, ReclaimClass, Reserve};
 #[cfg(not(loom))]

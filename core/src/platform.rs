@@ -24,6 +24,9 @@ pub struct ThreadCtx {
     pub(crate) state: Cell<u8>,
     /// The context word and the scope stack.
     pub(crate) scope: ScopeState,
+    /// The debugging hooks' per-thread state (see `debug`); next to nothing without them.
+    #[cfg_attr(not(feature = "hooks"), allow(dead_code))]
+    pub(crate) debug: crate::debug::DebugCtx,
 }
 
 /// Life cycle of a [`ThreadCtx`].
@@ -52,6 +55,7 @@ impl ThreadCtx {
             heap: Cell::new(&raw const EMPTY_HEAP as *mut Heap),
             state: Cell::new(ThreadState::New as u8),
             scope: ScopeState::new(),
+            debug: crate::debug::DebugCtx::new(),
         }
     }
 
@@ -165,6 +169,26 @@ pub unsafe trait Platform: Sync {
     /// [`Core::background_reclaim`](crate::Core::background_reclaim). Must not allocate through
     /// the global allocator.
     fn background_wanted(&self) {}
+
+    /// Ends the process (or halts the machine) at once, without unwinding: for a corrupted heap
+    /// under `hardened` and a strict `forbid_alloc`. The default panics, which is right only
+    /// where panics abort (a kernel); the std platform calls `abort(3)`.
+    fn abort(&self) -> ! {
+        panic!("ctxalloc: aborting")
+    }
+
+    /// Fills `frames` with the calling thread's return addresses, innermost first, skipping the
+    /// allocator's own; returns how many. Must not allocate. The default records none.
+    fn backtrace(&self, frames: &mut [usize]) -> usize {
+        let _ = frames;
+        0
+    }
+
+    /// Writes one return address for a report (the std platform writes `module+offset`). Must
+    /// not allocate.
+    fn describe_addr(&self, addr: usize, w: &mut dyn core::fmt::Write) {
+        let _ = write!(w, "{addr:#x}");
+    }
 
     /// Called while spinning on a lock: yield the CPU if there is anything else to run.
     #[inline]

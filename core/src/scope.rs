@@ -16,8 +16,8 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::panic::Location;
 
-/// Scope bits that [`ScopeState::hold`] counts (`Gfp::SCOPE_MASK` is bits 0‥4).
-const HOLD_BITS: usize = 5;
+/// Scope bits that [`ScopeState::hold`] counts (`Gfp::SCOPE_MASK` is bits 0‥5).
+const HOLD_BITS: usize = 6;
 
 /// How many nested scopes debug builds remember by name; deeper ones are still counted.
 #[cfg(debug_assertions)]
@@ -50,6 +50,11 @@ pub struct ScopeState {
     holds: [Cell<u16>; HOLD_BITS],
     /// The bits whose count in `holds` is non-zero.
     held: Cell<u32>,
+    /// Which debugging hooks want to see this thread's allocations (`debug::ARM_*` bits; the
+    /// `FORBID` bit follows the word). Read first by every allocation when a hook feature is
+    /// built in; zero means the plain path.
+    #[cfg(feature = "hooks")]
+    armed: Cell<u8>,
     /// Number of open scopes (debug builds).
     #[cfg(debug_assertions)]
     depth: Cell<u32>,
@@ -180,6 +185,8 @@ impl ScopeState {
             word: Cell::new(0),
             holds: [const { Cell::new(0) }; HOLD_BITS],
             held: Cell::new(0),
+            #[cfg(feature = "hooks")]
+            armed: Cell::new(0),
             #[cfg(debug_assertions)]
             depth: Cell::new(0),
             #[cfg(debug_assertions)]
@@ -217,6 +224,7 @@ impl ScopeState {
             }
         }
         self.held.set(self.held.get() | bits);
+        self.sync_armed();
     }
 
     /// Closes a lock-tied scope opened by [`hold`](Self::hold) with the same `flags`.
@@ -236,6 +244,7 @@ impl ScopeState {
                 }
             }
         }
+        self.sync_armed();
     }
 
     /// Opens a scope: sets `flags` (bits a scope cannot set are ignored) and returns the bits that
@@ -245,6 +254,7 @@ impl ScopeState {
         let flags = flags & Gfp::SCOPE_MASK;
         let old = self.word.get();
         self.word.set(old | flags.bits());
+        self.sync_armed();
         #[cfg(not(debug_assertions))]
         let _ = at;
         #[cfg(debug_assertions)]
@@ -273,6 +283,7 @@ impl ScopeState {
         #[cfg(not(debug_assertions))]
         let _ = on_mispair;
         self.word.set(self.word.get() & !cookie.bits.bits());
+        self.sync_armed();
     }
 
     /// Replaces the cookie scopes' word: for the reclaim path, which runs shrinkers with a context
@@ -281,7 +292,31 @@ impl ScopeState {
     /// shrinkers, whatever it replaces.
     #[inline]
     pub fn replace(&self, word: Gfp) -> Gfp {
-        Gfp::from_bits_truncate(self.word.replace(word.bits()))
+        let old = Gfp::from_bits_truncate(self.word.replace(word.bits()));
+        self.sync_armed();
+        old
+    }
+
+    /// The debugging hooks armed on this thread (`debug::ARM_*`).
+    #[cfg(feature = "hooks")]
+    #[inline(always)]
+    pub(crate) fn armed(&self) -> u8 {
+        self.armed.get()
+    }
+
+    /// Arms (`on`) or disarms one hook bit.
+    #[cfg(feature = "hooks")]
+    #[inline]
+    pub(crate) fn set_armed(&self, bit: u8, on: bool) {
+        let a = self.armed.get() & !bit;
+        self.armed.set(if on { a | bit } else { a });
+    }
+
+    /// Keeps the `FORBID` hook bit equal to the word's `FORBID` bit.
+    #[inline(always)]
+    fn sync_armed(&self) {
+        #[cfg(feature = "forbid-alloc")]
+        self.set_armed(crate::debug::ARM_FORBID, self.current().contains(Gfp::FORBID));
     }
 
     #[cfg(debug_assertions)]

@@ -93,6 +93,12 @@ pub struct Stats {
     pub mempool_reserve_uses: u64,
     /// Times a mempool allocation slept waiting for an element to be freed.
     pub mempool_waits: u64,
+    /// Allocations made inside `FORBID` scopes (feature `forbid-alloc`).
+    pub forbidden_allocs: u64,
+    /// Allocations failed by fault injection (feature `fault-injection`).
+    pub injected_failures: u64,
+    /// Locks the reclaim-order checker reported (feature `lockcheck`).
+    pub lockcheck_reports: u64,
     /// Failed allocations by cause, indexed by [`Cause`] as `usize`.
     pub failures_by_cause: [u64; 5],
     /// Registered shrinkers (the first [`MAX_SHRINKER_ROWS`]).
@@ -191,7 +197,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 27] = [
+        let rows: [(&str, &dyn fmt::Display); 30] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -219,6 +225,9 @@ impl fmt::Display for Stats {
             ("  NOFAIL denied", &fail(Cause::NofailDenied)),
             ("bad frees", &self.bad_frees),
             ("scope mispairs", &self.scope_mispairs),
+            ("forbidden allocations", &self.forbidden_allocs),
+            ("injected failures", &self.injected_failures),
+            ("lockcheck reports", &self.lockcheck_reports),
         ];
         writeln!(f, "ctxalloc statistics")?;
         for (name, value) in rows {
@@ -294,6 +303,9 @@ impl<P: Platform> Core<P> {
             nofail_stalls: r.nofail_stalls.load(Ordering::Relaxed) as u64,
             mempool_reserve_uses: c.mempool_reserve_uses.load(Ordering::Relaxed) as u64,
             mempool_waits: c.mempool_waits.load(Ordering::Relaxed) as u64,
+            forbidden_allocs: self.debug.forbidden.load(Ordering::Relaxed) as u64,
+            injected_failures: self.debug.injected.load(Ordering::Relaxed) as u64,
+            lockcheck_reports: self.debug.lock_reports.load(Ordering::Relaxed) as u64,
             failures_by_cause: core::array::from_fn(|i| r.failures[i].load(Ordering::Relaxed) as u64),
             shrinkers,
             shrinker_rows,

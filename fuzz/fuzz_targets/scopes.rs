@@ -24,7 +24,7 @@ const TRACKED: usize = 16;
 fn flags(input: &mut Input<'_>) -> Gfp {
     let b = input.byte();
     let extra = if b & 0x80 != 0 { Gfp::NOWARN | Gfp::ZERO } else { Gfp::KERNEL };
-    Gfp::from_bits_truncate(u32::from(b) & 0x1f) | extra
+    Gfp::from_bits_truncate(u32::from(b) & 0x3f) | extra
 }
 
 /// A scope on the model's stack: open (with its cookie), or closed out of order and waiting

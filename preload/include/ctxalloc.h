@@ -33,6 +33,7 @@ extern "C" {
 #define CTXALLOC_NORECLAIM  (1u << 2)  /* no direct reclaim, no waiting: fail fast */
 #define CTXALLOC_NOFAIL     (1u << 3)  /* satisfiable allocations never fail: reclaim, wait */
 #define CTXALLOC_MEMALLOC   (1u << 4)  /* the reclaimer's own context: may use the reserve */
+#define CTXALLOC_FORBID     (1u << 5)  /* no allocation at all: reported (feature forbid-alloc) */
 #define CTXALLOC_MAYFAIL    (1u << 8)  /* per call: overrides a NOFAIL scope */
 #define CTXALLOC_NORETRY    (1u << 9)  /* per call: one reclaim round, then fail */
 #define CTXALLOC_NOMEMALLOC (1u << 10) /* per call: never the emergency reserve */

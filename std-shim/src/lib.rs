@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod debug;
 mod env;
 mod flagged;
 mod mempool;
@@ -33,6 +34,7 @@ mod platform;
 mod reclaim;
 mod scope;
 mod scoped_lock;
+mod tracked;
 
 /// `allocator_api2`, re-exported: its `Vec` and `Box` take a [`Flagged`] allocator.
 pub use allocator_api2;
@@ -40,6 +42,11 @@ pub use ctxalloc_core::{
     emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, ReclaimClass, ScanResult, ShrinkControl,
     Shrinker, ShrinkerRow, ShrinkerStats, Stats,
 };
+#[cfg(feature = "fault-injection")]
+pub use debug::fault;
+#[cfg(feature = "tags")]
+pub use debug::tags;
+pub use debug::{forbid_alloc, set_forbid_strict};
 pub use flagged::Flagged;
 pub use mempool::{Mempool, PoolBox, TypedMempool};
 pub use reclaim::{limit, reclaim, register_shrinker, set_limit, try_register_shrinker, ShrinkerHandle};
@@ -51,6 +58,7 @@ pub use scope::{
 pub use scoped_lock::{
     ScopedGuard, ScopedMutex, ScopedMutexGuard, ScopedReadGuard, ScopedRwLock, ScopedWriteGuard,
 };
+pub use tracked::{Tracked, TrackedMutex, TrackedMutexGuard};
 
 use ctxalloc_core::Core;
 use platform::StdPlatform;

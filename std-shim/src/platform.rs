@@ -306,6 +306,21 @@ unsafe impl Platform for StdPlatform {
         }
     }
 
+    fn abort(&self) -> ! {
+        // SAFETY: ends the process; nothing to uphold.
+        unsafe { libc::abort() }
+    }
+
+    #[cfg(all(feature = "hooks", not(miri)))]
+    fn backtrace(&self, frames: &mut [usize]) -> usize {
+        unwind::backtrace(frames)
+    }
+
+    #[cfg(all(feature = "hooks", not(miri)))]
+    fn describe_addr(&self, addr: usize, w: &mut dyn std::fmt::Write) {
+        unwind::describe(addr, w)
+    }
+
     fn now_ns(&self) -> u64 {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: writes the current time into `ts`.
@@ -362,5 +377,77 @@ unsafe impl Platform for StdPlatform {
     fn relax(&self) {
         // SAFETY: yields the CPU.
         unsafe { libc::sched_yield() };
+    }
+}
+
+/// Return addresses without allocating, for the debugging hooks' reports: the unwinder that
+/// `std` links already (`_Unwind_Backtrace`, which reads `.eh_frame_hdr` in place), and
+/// `dladdr` to name the module of each address.
+#[cfg(all(feature = "hooks", not(miri)))]
+mod unwind {
+    use std::ffi::{c_int, c_void, CStr};
+
+    #[repr(C)]
+    struct Context {
+        _opaque: [u8; 0],
+    }
+    type Trace = extern "C" fn(*mut Context, *mut c_void) -> c_int;
+    const URC_NO_REASON: c_int = 0;
+    const URC_END_OF_STACK: c_int = 5;
+
+    extern "C" {
+        fn _Unwind_Backtrace(trace: Trace, arg: *mut c_void) -> c_int;
+        fn _Unwind_GetIP(ctx: *mut Context) -> usize;
+    }
+
+    /// Frames inside the allocator (this function, the hook, the allocation entry points) are
+    /// skipped: the report is about the caller.
+    const SKIP: usize = 4;
+
+    struct State<'a> {
+        frames: &'a mut [usize],
+        seen: usize,
+        n: usize,
+    }
+
+    extern "C" fn step(ctx: *mut Context, arg: *mut c_void) -> c_int {
+        // SAFETY: `arg` is the `State` passed to `_Unwind_Backtrace` below, alive for its call.
+        let st = unsafe { &mut *arg.cast::<State<'_>>() };
+        // SAFETY: `ctx` is the unwinder's context for this frame.
+        let ip = unsafe { _Unwind_GetIP(ctx) };
+        st.seen += 1;
+        if st.seen > SKIP && ip != 0 {
+            if st.n == st.frames.len() {
+                return URC_END_OF_STACK;
+            }
+            st.frames[st.n] = ip;
+            st.n += 1;
+        }
+        URC_NO_REASON
+    }
+
+    pub(super) fn backtrace(frames: &mut [usize]) -> usize {
+        let mut st = State { frames, seen: 0, n: 0 };
+        // SAFETY: `step` only touches `st`, which outlives the call.
+        unsafe { _Unwind_Backtrace(step, (&raw mut st).cast()) };
+        st.n
+    }
+
+    /// `module+0xoffset` (the offset `addr2line -e module` takes), or the bare address.
+    pub(super) fn describe(addr: usize, w: &mut dyn std::fmt::Write) {
+        // SAFETY: an all-zero `Dl_info` is valid (null pointers).
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // A return address points after the call: look up the call instruction's module.
+        // SAFETY: `dladdr` only reads the loader's tables and fills `info`.
+        let found = unsafe { libc::dladdr(addr.wrapping_sub(1) as *const c_void, &mut info) } != 0;
+        if found && !info.dli_fname.is_null() {
+            // SAFETY: a NUL-terminated path owned by the loader, valid while the module is loaded.
+            let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+            let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+            let name = std::str::from_utf8(name).unwrap_or("?");
+            let _ = write!(w, "{name}+{:#x}", addr - info.dli_fbase as usize);
+        } else {
+            let _ = write!(w, "{addr:#x}");
+        }
     }
 }

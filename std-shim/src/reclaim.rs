@@ -5,6 +5,7 @@
 //! scopes: under pressure the allocator reclaims from exactly the caches the allocating code may
 //! touch, in the background and, when that is not enough, on the allocating thread.
 
+use crate::tracked::Tracked;
 use crate::CORE;
 use ctxalloc_core::{Shrinker, ShrinkerId};
 use std::ptr::NonNull;
@@ -61,6 +62,40 @@ pub struct ShrinkerHandle {
 unsafe impl Send for ShrinkerHandle {}
 // SAFETY: shared references to the handle give access to nothing.
 unsafe impl Sync for ShrinkerHandle {}
+
+impl ShrinkerHandle {
+    /// Declares that this shrinker takes `lock` — what kernel code does with
+    /// `fs_reclaim_acquire(); might_lock(); fs_reclaim_release()` at init — so that the
+    /// reclaim-order checker (feature `lockcheck`) reports an allocation under the lock that
+    /// could reclaim into the shrinker before memory is ever short. The checker also learns it
+    /// by itself the first time the shrinker runs and takes the lock.
+    ///
+    /// ```
+    /// use ctxalloc::{ReclaimClass, ScanResult, ShrinkControl, Shrinker, TrackedMutex};
+    /// use std::sync::Arc;
+    /// struct Cache(TrackedMutex<Vec<Vec<u8>>>);
+    /// struct CacheShrinker(Arc<Cache>);
+    /// impl Shrinker for CacheShrinker {
+    ///     fn name(&self) -> &str { "cache" }
+    ///     fn class(&self) -> ReclaimClass { ReclaimClass::Fs }
+    ///     fn count(&self, _: &ShrinkControl) -> usize { 0 }
+    ///     fn scan(&self, _: &mut ShrinkControl) -> ScanResult {
+    ///         let Some(mut c) = self.0 .0.try_lock() else { return ScanResult::Stop };
+    ///         c.clear();
+    ///         ScanResult::Freed(0)
+    ///     }
+    /// }
+    /// let cache = Arc::new(Cache(TrackedMutex::new(Vec::new(), "cache")));
+    /// let h = ctxalloc::register_shrinker(Arc::new(CacheShrinker(cache.clone())));
+    /// h.takes(&cache.0);
+    /// ```
+    pub fn takes<L: Tracked + ?Sized>(&self, lock: &L) {
+        #[cfg(feature = "lockcheck")]
+        CORE.lock_taken_by(lock.lock_class(), self.id);
+        #[cfg(not(feature = "lockcheck"))]
+        let _ = lock;
+    }
+}
 
 impl std::fmt::Debug for ShrinkerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

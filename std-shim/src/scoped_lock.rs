@@ -6,8 +6,9 @@
 //! Poisoning is not propagated: a panic while the lock was held does not make later `lock`
 //! calls fail (the scope was left when the guard dropped during unwinding), like `parking_lot`.
 
+use crate::tracked::{Track, Tracked};
 use crate::CORE;
-use ctxalloc_core::Gfp;
+use ctxalloc_core::{Gfp, LockClass};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -60,13 +61,19 @@ impl Drop for Held {
 /// ```
 pub struct ScopedMutex<T: ?Sized> {
     flags: Gfp,
+    class: LockClass,
     inner: Mutex<T>,
 }
 
 impl<T> ScopedMutex<T> {
     /// A mutex holding `value`, whose holders allocate inside `flags` (scope bits only).
     pub const fn new(value: T, flags: Gfp) -> Self {
-        ScopedMutex { flags, inner: Mutex::new(value) }
+        Self::named(value, flags, "a ScopedMutex")
+    }
+
+    /// As [`new`](Self::new), called `name` in the reclaim-order checker's reports.
+    pub const fn named(value: T, flags: Gfp, name: &'static str) -> Self {
+        ScopedMutex { flags, class: LockClass::new(name), inner: Mutex::new(value) }
     }
 
     /// The value.
@@ -82,21 +89,31 @@ impl<T: ?Sized> ScopedMutex<T> {
     }
 
     /// Takes the lock (blocking), then enters the scope.
+    #[cfg_attr(feature = "lockcheck", track_caller)]
     pub fn lock(&self) -> ScopedMutexGuard<'_, T> {
+        let track = Track::before(&self.class);
         let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        ScopedGuard::new(guard, self.flags)
+        ScopedGuard::new(guard, self.flags, track)
     }
 
     /// Takes the lock if it is free, entering the scope. A shrinker's way in: a shrinker must
     /// never block on a lock that an allocating thread may hold.
+    #[cfg_attr(feature = "lockcheck", track_caller)]
     pub fn try_lock(&self) -> Option<ScopedMutexGuard<'_, T>> {
+        let track = Track::before(&self.class);
         let guard = acquired(self.inner.try_lock())?;
-        Some(ScopedGuard::new(guard, self.flags))
+        Some(ScopedGuard::new(guard, self.flags, track))
     }
 
     /// The value, through a unique reference (no locking, no scope).
     pub fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T: ?Sized> Tracked for ScopedMutex<T> {
+    fn lock_class(&self) -> &LockClass {
+        &self.class
     }
 }
 
@@ -110,14 +127,16 @@ impl<T: fmt::Debug> fmt::Debug for ScopedMutex<T> {
 /// it leaves the scope, then releases the lock. Not `Send`: the scope belongs to this thread.
 #[must_use = "the lock and its scope are released when the guard drops"]
 pub struct ScopedGuard<G> {
-    // Field order is drop order: the scope is left before the lock is released.
+    // Field order is drop order: the scope is left before the lock is released, and the
+    // reclaim-order checker told after.
     held: Held,
     guard: G,
+    _track: Track,
 }
 
 impl<G> ScopedGuard<G> {
-    fn new(guard: G, flags: Gfp) -> Self {
-        ScopedGuard { held: Held::enter(flags), guard }
+    fn new(guard: G, flags: Gfp, track: Track) -> Self {
+        ScopedGuard { held: Held::enter(flags), guard, _track: track }
     }
 
     /// The scope this guard holds.
@@ -185,25 +204,25 @@ impl<T: ?Sized> ScopedRwLock<T> {
     /// Takes the lock shared, then enters the scope.
     pub fn read(&self) -> ScopedReadGuard<'_, T> {
         let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        ScopedGuard::new(guard, self.flags)
+        ScopedGuard::new(guard, self.flags, Track::none())
     }
 
     /// Takes the lock exclusively, then enters the scope.
     pub fn write(&self) -> ScopedWriteGuard<'_, T> {
         let guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        ScopedGuard::new(guard, self.flags)
+        ScopedGuard::new(guard, self.flags, Track::none())
     }
 
     /// Takes the lock shared if no writer holds it.
     pub fn try_read(&self) -> Option<ScopedReadGuard<'_, T>> {
         let guard = acquired(self.inner.try_read())?;
-        Some(ScopedGuard::new(guard, self.flags))
+        Some(ScopedGuard::new(guard, self.flags, Track::none()))
     }
 
     /// Takes the lock exclusively if it is free.
     pub fn try_write(&self) -> Option<ScopedWriteGuard<'_, T>> {
         let guard = acquired(self.inner.try_write())?;
-        Some(ScopedGuard::new(guard, self.flags))
+        Some(ScopedGuard::new(guard, self.flags, Track::none()))
     }
 }
 

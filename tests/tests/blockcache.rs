@@ -28,7 +28,9 @@ fn small(no_scopes: bool) -> Options {
 
 #[test]
 fn under_a_small_limit_no_write_is_lost() {
-    assert_child_passes("child_small_limit", &[]);
+    let out = assert_child_passes("child_small_limit", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("lockcheck"), "with its scopes the checker is silent: {err}");
 }
 
 #[test]
@@ -48,8 +50,38 @@ fn child_small_limit() {
 #[test]
 fn without_scopes_the_recursion_is_named_not_hung() {
     let out = assert_child_passes("child_no_scopes", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("lock `cache`") || stdout.contains("lock `writeback`"), "{stdout}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let failed = err.find("run failed: deadlock").unwrap_or_else(|| panic!("{err}"));
+    assert!(err[failed..].contains("lock `cache`") || err[failed..].contains("lock `writeback`"), "{err}");
+    // The reclaim-order checker spoke first, at the first allocation under a lock.
+    let checked =
+        err.find("ctxalloc: lockcheck: lock `").unwrap_or_else(|| panic!("no lockcheck report: {err}"));
+    assert!(checked < failed, "the checker reports before the deadlock: {err}");
+}
+
+#[test]
+fn without_scopes_and_with_plenty_of_memory_the_checker_still_reports() {
+    let out = assert_child_passes("child_no_scopes_no_limit", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (lock, shrinker, class) in
+        [("cache", "block-cache", "filesystem"), ("writeback", "write-back", "I/O")]
+    {
+        let want = format!("lock `{lock}` is held across an allocation that may reclaim from {class} shrinkers, and shrinker `{shrinker}`");
+        assert!(err.contains(&want), "{want}: {err}");
+    }
+}
+
+#[test]
+fn child_no_scopes_no_limit() {
+    if !is_child("child_no_scopes_no_limit") {
+        return;
+    }
+    let o = Options { ops: Some(20_000), limit: None, ..small(true) };
+    let r = engine::run(&o).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(r.lost, 0);
+    let s = ctxalloc::stats();
+    assert_eq!(s.reclaim_rounds, 0, "no memory pressure: {s}");
+    assert_eq!(s.lockcheck_reports, 2, "{s}");
 }
 
 #[test]
@@ -59,7 +91,7 @@ fn child_no_scopes() {
     }
     let o = Options { ops: Some(5_000_000), ..small(true) };
     match engine::run(&o) {
-        Err(f @ (Failure::Recursion { .. } | Failure::Deadlock(_))) => println!("{f}"),
+        Err(f @ (Failure::Recursion { .. } | Failure::Deadlock(_))) => eprintln!("run failed: {f}"),
         Err(f) => panic!("unexpected failure: {f}"),
         Ok(r) => panic!("without scopes reclaim should have recursed into a held lock: {r:?}"),
     }

@@ -318,6 +318,11 @@ unsafe impl Platform for MockPlatform {
         self.reports.lock().unwrap().push(String::from(msg));
     }
 
+    /// A panic, so that tests can observe what would abort a real process.
+    fn abort(&self) -> ! {
+        panic!("ctxalloc (mock platform): abort")
+    }
+
     fn now_ns(&self) -> u64 {
         self.clock.fetch_add(1_000_000, Ordering::Relaxed)
     }

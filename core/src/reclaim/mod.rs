@@ -348,7 +348,7 @@ impl<P: Platform> Core<P> {
     /// One direct-reclaim round: priorities from the attempt's down to 0, stopping at the first
     /// that frees anything (the allocation then retries). Shrinkers run with MEMALLOC set on
     /// this thread. Returns whether anything was freed.
-    fn direct_reclaim_round(&self, eff: Effective, at: &mut Attempt) -> bool {
+    pub(crate) fn direct_reclaim_round(&self, eff: Effective, at: &mut Attempt) -> bool {
         self.reclaim.direct_rounds.fetch_add(1, Ordering::Relaxed);
         at.rounds += 1;
         let target = at.bytes.max(MIN_TARGET);
@@ -409,6 +409,9 @@ impl<P: Platform> Core<P> {
         priority: u32,
         deferred_only: bool,
     ) -> usize {
+        // The checker learns which locks the shrinker takes while it runs.
+        #[cfg(feature = "lockcheck")]
+        let _mark = self.shrinker_mark(s);
         let mut sc = ShrinkControl::new(eff.gfp(), 0);
         let freeable = s.count(&sc);
         slot.last_freeable.store(freeable, Ordering::Relaxed);

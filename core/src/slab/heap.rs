@@ -199,16 +199,28 @@ impl Heap {
 /// # Safety
 /// `page` is live, owned by the caller, with a non-empty `free` list; `size` ≤ its block size.
 #[inline(always)]
-pub(crate) unsafe fn pop(page: *mut Page, size: usize, zero: bool) -> *mut u8 {
+pub(crate) unsafe fn pop<P: Platform>(core: &Core<P>, page: *mut Page, size: usize, zero: bool) -> *mut u8 {
     // SAFETY: per the contract.
     unsafe {
         let block = (*page).free;
-        (*page).free = Block::next(block);
+        let next = Block::next(block);
+        #[cfg(feature = "hardened")]
+        {
+            if !crate::hardened::plausible(block, next) {
+                core.corrupt_link(page, block, next);
+            }
+            Block::clear(block);
+        }
+        #[cfg(not(feature = "hardened"))]
+        let _ = core;
+        (*page).free = next;
         (*page).used += 1;
         crate::track::unpoison(block.cast(), size);
         if zero {
             if (*page).free_is_zero {
                 Block::set_next(block, ptr::null_mut());
+                #[cfg(feature = "hardened")]
+                Block::clear(block);
             } else {
                 ptr::write_bytes(block.cast::<u8>(), 0, size);
             }
@@ -231,6 +243,8 @@ impl<P: Platform> Core<P> {
         size: usize,
         call: Gfp,
     ) -> *mut u8 {
+        #[cfg(feature = "hardened")]
+        crate::hardened::ensure(self.platform.now_ns());
         // SAFETY: the platform hands out the calling thread's context.
         let t = unsafe { &*t };
         let mut heap = t.heap.get();
@@ -269,14 +283,14 @@ impl<P: Platform> Core<P> {
         unsafe {
             let page = Heap::direct(heap, class);
             if !(*page).free.is_null() {
-                return pop(page, size, call.contains(Gfp::ZERO));
+                return pop(self, page, size, call.contains(Gfp::ZERO));
             }
             let mut attempt: Option<Attempt> = None;
             loop {
                 let eff = Effective::new(call, t.scope.current());
                 let page = self.find_page(heap, class, attempt.as_ref().map_or(eff, |a| a.context(eff)));
                 if !page.is_null() {
-                    return pop(page, size, call.contains(Gfp::ZERO));
+                    return pop(self, page, size, call.contains(Gfp::ZERO));
                 }
                 let at = attempt.get_or_insert_with(|| Attempt::new(class_slices(class) * SLICE_SIZE));
                 if let Step::Fail(cause) = self.reclaim_step(eff, at) {
@@ -350,6 +364,9 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn page_retire(&self, heap: *mut Heap, page: *mut Page) {
         // SAFETY: the owner works on its own lists.
         unsafe {
+            if !self.retire_check(page) {
+                return;
+            }
             let _busy = Busy::enter(heap);
             let class = (*page).class as usize;
             if (*page).in_full {
@@ -376,6 +393,10 @@ impl<P: Platform> Core<P> {
         // SAFETY: the caller's block keeps the page live until it is pushed or freed; the
         // platform hands out the calling thread's context.
         unsafe {
+            if (*page).block_size == 0 {
+                // The page was given back: every block of it was freed already.
+                return self.bad_slab_free(block.cast(), "its page holds no live block (freed twice?)");
+            }
             loop {
                 if (*page).remote.push(block) == Push::Done {
                     return;

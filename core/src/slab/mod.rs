@@ -21,6 +21,7 @@
 //! Pointer → page is O(1): mask the address down to its segment, index the segment's slice map.
 
 pub(crate) mod abandon;
+mod check;
 pub(crate) mod heap;
 pub(crate) mod page;
 pub(crate) mod remote;

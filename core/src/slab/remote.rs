@@ -39,7 +39,10 @@ impl Block {
     #[inline(always)]
     pub unsafe fn next(b: *mut Block) -> *mut Block {
         // SAFETY: per the contract, `b` is a readable free block.
-        unsafe { (*b).next.with(|p| *p) }
+        let stored = unsafe { (*b).next.with(|p| *p) };
+        #[cfg(all(feature = "hardened", not(loom)))]
+        let stored = crate::hardened::decode(stored);
+        stored
     }
 
     /// Links `b` to `next`.
@@ -48,8 +51,22 @@ impl Block {
     /// `b` points to a free block that this thread may write.
     #[inline(always)]
     pub unsafe fn set_next(b: *mut Block, next: *mut Block) {
+        #[cfg(all(feature = "hardened", not(loom)))]
+        let next = crate::hardened::encode(next);
         // SAFETY: per the contract, `b` is a writable free block.
         unsafe { (*b).next.with_mut(|p| *p = next) }
+    }
+
+    /// Clears `b`'s link word (to 0, whatever the encoding): a block handed out under
+    /// `hardened` starts so, which tells a live block from a free one.
+    ///
+    /// # Safety
+    /// As [`set_next`](Self::set_next).
+    #[cfg(all(feature = "hardened", not(loom)))]
+    #[inline(always)]
+    pub unsafe fn clear(b: *mut Block) {
+        // SAFETY: per the contract, `b` is a writable block.
+        unsafe { (*b).next.with_mut(|p| *p = ptr::null_mut()) }
     }
 
     /// A block for tests and models: `next` is null.
@@ -140,6 +157,14 @@ impl RemoteList {
     }
 
     /// Whether anything was pushed (a hint: it may change at any time).
+    /// The first block, without taking the list: for the owner, the only thread that takes,
+    /// so the blocks reachable from it stay on the list while it looks.
+    #[cfg(all(feature = "hardened", not(loom)))]
+    #[inline]
+    pub fn peek(&self) -> *mut Block {
+        blocks(self.word.load(Ordering::Acquire))
+    }
+
     #[inline]
     pub fn has_blocks(&self) -> bool {
         !blocks(self.word.load(Ordering::Relaxed)).is_null()

@@ -514,6 +514,7 @@ fn fork_child_leaves_a_heap_caught_in_a_slow_path_alone() {
     });
 }
 
+mod bad_free;
 mod mempool;
 mod per_call;
 mod reclaim;

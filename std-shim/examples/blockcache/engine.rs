@@ -22,15 +22,22 @@
 //! — a self-deadlock with a blocking lock. The shrinker sees the lock's owner is the current
 //! thread and reports it; a watchdog catches anything else that stops progress. Either way the
 //! program exits non-zero naming the lock and the shrinker instead of hanging.
+//!
+//! Both locks are `ctxalloc::TrackedMutex`es and each shrinker declares the lock it takes
+//! (`ShrinkerHandle::takes`). Built with the `lockcheck` feature, the reclaim-order checker
+//! therefore reports the missing scope at the first allocation under a lock — while memory is
+//! still plentiful, before reclaim has ever run, long before anything deadlocks.
 
-use ctxalloc::{Gfp, ReclaimClass, ScanResult, ShrinkControl, Shrinker, ShrinkerHandle};
+use ctxalloc::{
+    Gfp, ReclaimClass, ScanResult, ShrinkControl, Shrinker, ShrinkerHandle, TrackedMutex, TrackedMutexGuard,
+};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -137,23 +144,23 @@ impl std::fmt::Display for Failure {
 /// deadlocks can be named.
 struct Owned<T> {
     name: &'static str,
-    inner: Mutex<T>,
+    inner: TrackedMutex<T>,
     owner: Mutex<Option<ThreadId>>,
     waiting: Mutex<Option<&'static str>>,
 }
 
 struct OwnedGuard<'a, T> {
     lock: &'a Owned<T>,
-    guard: MutexGuard<'a, T>,
+    guard: TrackedMutexGuard<'a, T>,
 }
 
 impl<T> Owned<T> {
     fn new(name: &'static str, v: T) -> Owned<T> {
-        Owned { name, inner: Mutex::new(v), owner: Mutex::new(None), waiting: Mutex::new(None) }
+        Owned { name, inner: TrackedMutex::new(v, name), owner: Mutex::new(None), waiting: Mutex::new(None) }
     }
 
     fn lock(&self) -> OwnedGuard<'_, T> {
-        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.inner.lock();
         *self.owner.lock().unwrap() = Some(thread::current().id());
         OwnedGuard { lock: self, guard }
     }
@@ -166,11 +173,7 @@ impl<T> Owned<T> {
             *self.waiting.lock().unwrap() = Some(shrinker);
             return Err(Failure::Recursion { lock: self.name, shrinker });
         }
-        let guard = match self.inner.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
-        };
+        let Some(guard) = self.inner.try_lock() else { return Ok(None) };
         *self.owner.lock().unwrap() = Some(thread::current().id());
         Ok(Some(OwnedGuard { lock: self, guard }))
     }
@@ -623,6 +626,10 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         ctxalloc::register_shrinker(Arc::new(CacheShrinker(store.clone()))),
         ctxalloc::register_shrinker(Arc::new(WriteBackShrinker(store.clone()))),
     ];
+    // Tell the reclaim-order checker (feature `lockcheck`) which lock each shrinker takes, so
+    // an allocation under one without the scope is reported before memory is ever short.
+    handles[0].takes(&store.cache.inner);
+    handles[1].takes(&store.writeback.inner);
     let limit = o.limit.map(|l| l.max(ctxalloc::usage() + (8 << 20)));
     ctxalloc::set_limit(limit);
 
