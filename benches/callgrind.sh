@@ -2,11 +2,14 @@
 # Instructions per 32-byte alloc+free pair (64 blocks live), per allocator, from callgrind:
 # runs `pairs` with N and 2N pairs and divides the difference by N, so start-up cancels out.
 # Usage: benches/callgrind.sh [N]     (needs valgrind; builds the release binary first)
+#        FEATURES=hardened benches/callgrind.sh    (ctxalloc built with those features)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
-cargo build -q --release -p ctxalloc-benches --bin pairs
-bin=target/release/pairs
+target=target
+if [ -n "${FEATURES:-}" ]; then target=target/features-${FEATURES//,/-}; fi
+CARGO_TARGET_DIR=$target cargo build -q --release -p ctxalloc-benches --bin pairs ${FEATURES:+--features "$FEATURES"}
+bin=$target/release/pairs
 count() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$@" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'; }
 printf '%-22s %s\n' allocator "instructions per alloc+free pair"
 for a in floor ctxalloc "ctxalloc scope" mimalloc jemalloc system scopes; do

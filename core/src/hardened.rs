@@ -7,13 +7,15 @@
 //!   `pop` checks before following it — and aborts, naming the page and the block, if not.
 //! * A block handed out has its link word cleared, so a *live* block's first word is 0 or the
 //!   caller's data, and a *free* block's decodes to a link in its own segment (or null). A free
-//!   whose block looks free is confirmed by walking the page's three lists (the owner may read
-//!   all three): a double free is reported with the pointer and the process aborts.
+//!   whose block looks free is a double free: the owner confirms it by walking the page's three
+//!   lists (it may read all three); another thread takes the keyed link at its word — caller
+//!   data near the block never decodes near it (the key's top bit is set), other data does with
+//!   odds of 2⁻⁴¹. It is reported with the pointer and the process aborts.
 //! * A free first checks the segment map: a pointer outside every segment is reported and
 //!   aborts instead of being followed.
 //!
-//! Bad frees found on the slow paths (see `Core::free_slow`, page retirement) also abort under
-//! `hardened`; without it they are reported and ignored.
+//! Bad frees found on the slow paths (`slab/check.rs`) also abort under `hardened`; without it
+//! they are reported and ignored.
 
 use crate::slab::remote::Block;
 use crate::slab::SEGMENT_SIZE;
@@ -64,19 +66,29 @@ pub(crate) fn plausible(block: *mut Block, next: *mut Block) -> bool {
     next.is_null() || (next.addr() ^ block.addr()) < SEGMENT_SIZE
 }
 
-/// Whether `block`, about to be freed, looks free already: its first word is a plausible
-/// encoded link. A cleared (live, untouched) block reads 0, which does not.
+/// `block`'s link word as stored (its first word), read before a free overwrites it.
 ///
 /// # Safety
 /// `block` is readable for a word.
 #[inline(always)]
-pub(crate) unsafe fn looks_free(block: *mut Block) -> bool {
+pub(crate) unsafe fn link_word(block: *mut Block) -> usize {
     // SAFETY: per the contract.
-    let raw = unsafe { block.cast::<usize>().read() };
-    raw != 0 && plausible(block, ptr_from(block, raw ^ key()))
+    unsafe { block.cast::<usize>().read() }
 }
 
+/// Puts a link word read by [`link_word`] back.
+///
+/// # Safety
+/// `block` is writable for a word.
 #[inline(always)]
-fn ptr_from(block: *mut Block, addr: usize) -> *mut Block {
-    block.with_addr(addr)
+pub(crate) unsafe fn set_link_word(block: *mut Block, raw: usize) {
+    // SAFETY: per the contract.
+    unsafe { block.cast::<usize>().write(raw) }
+}
+
+/// Whether `raw`, the first word of `block` before it was freed, is a plausible encoded link —
+/// the block was free already. A cleared (live, untouched) block reads 0, which is not.
+#[inline(always)]
+pub(crate) fn is_link(block: *mut Block, raw: usize) -> bool {
+    raw != 0 && plausible(block, block.with_addr(raw ^ key()))
 }

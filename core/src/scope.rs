@@ -224,7 +224,7 @@ impl ScopeState {
             }
         }
         self.held.set(self.held.get() | bits);
-        self.sync_armed();
+        self.sync_armed(bits);
     }
 
     /// Closes a lock-tied scope opened by [`hold`](Self::hold) with the same `flags`.
@@ -244,7 +244,7 @@ impl ScopeState {
                 }
             }
         }
-        self.sync_armed();
+        self.sync_armed(bits);
     }
 
     /// Opens a scope: sets `flags` (bits a scope cannot set are ignored) and returns the bits that
@@ -254,7 +254,7 @@ impl ScopeState {
         let flags = flags & Gfp::SCOPE_MASK;
         let old = self.word.get();
         self.word.set(old | flags.bits());
-        self.sync_armed();
+        self.sync_armed(flags.bits());
         #[cfg(not(debug_assertions))]
         let _ = at;
         #[cfg(debug_assertions)]
@@ -283,7 +283,7 @@ impl ScopeState {
         #[cfg(not(debug_assertions))]
         let _ = on_mispair;
         self.word.set(self.word.get() & !cookie.bits.bits());
-        self.sync_armed();
+        self.sync_armed(cookie.bits.bits());
     }
 
     /// Replaces the cookie scopes' word: for the reclaim path, which runs shrinkers with a context
@@ -293,7 +293,7 @@ impl ScopeState {
     #[inline]
     pub fn replace(&self, word: Gfp) -> Gfp {
         let old = Gfp::from_bits_truncate(self.word.replace(word.bits()));
-        self.sync_armed();
+        self.sync_armed(old.bits() | word.bits());
         old
     }
 
@@ -312,11 +312,15 @@ impl ScopeState {
         self.armed.set(if on { a | bit } else { a });
     }
 
-    /// Keeps the `FORBID` hook bit equal to the word's `FORBID` bit.
+    /// Keeps the `FORBID` hook bit equal to the word's `FORBID` bit, after a change of
+    /// `changed` bits (a constant for most scopes: the test folds away unless it is `FORBID`).
     #[inline(always)]
-    fn sync_armed(&self) {
+    fn sync_armed(&self, changed: u32) {
         #[cfg(feature = "forbid-alloc")]
-        self.set_armed(crate::debug::ARM_FORBID, self.current().contains(Gfp::FORBID));
+        if changed & Gfp::FORBID.bits() != 0 {
+            self.set_armed(crate::debug::ARM_FORBID, self.current().contains(Gfp::FORBID));
+        }
+        let _ = changed;
     }
 
     #[cfg(debug_assertions)]

@@ -35,15 +35,20 @@ struct Frame {
     flags: Gfp,
 }
 
+/// Bits a scope can set: `Gfp::SCOPE_MASK`.
+const SCOPE_BITS: usize = Gfp::SCOPE_MASK.bits().count_ones() as usize;
 fuzz_target!(|data: &[u8]| {
     let s = ScopeState::new();
     let mut input = Input(data);
     let mut stack: Vec<Frame> = Vec::new();
     // The model: the bits the open cookie scopes set, and a hold count per scope bit.
     let mut word = Gfp::KERNEL;
-    let mut holds = [0u32; 5];
-    let held = |holds: &[u32; 5]| {
-        (0..5).filter(|&i| holds[i] != 0).fold(Gfp::KERNEL, |g, i| g | Gfp::from_bits_truncate(1 << i))
+    // One hold count per scope bit (NOFS … FORBID).
+    let mut holds = [0u32; SCOPE_BITS];
+    let held = |holds: &[u32; SCOPE_BITS]| {
+        (0..SCOPE_BITS)
+            .filter(|&i| holds[i] != 0)
+            .fold(Gfp::KERNEL, |g, i| g | Gfp::from_bits_truncate(1 << i))
     };
     while !input.is_empty() {
         match input.byte() % 8 {
@@ -91,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
                     for (i, h) in holds.iter_mut().enumerate() {
                         *h += (bits >> i) & 1;
                     }
-                } else if (0..5).all(|i| bits & (1 << i) == 0 || holds[i] > 0) {
+                } else if (0..SCOPE_BITS).all(|i| bits & (1 << i) == 0 || holds[i] > 0) {
                     s.release(flags);
                     for (i, h) in holds.iter_mut().enumerate() {
                         *h -= (bits >> i) & 1;

@@ -400,9 +400,9 @@ mod unwind {
         fn _Unwind_GetIP(ctx: *mut Context) -> usize;
     }
 
-    /// Frames inside the allocator (this function, the hook, the allocation entry points) are
-    /// skipped: the report is about the caller.
-    const SKIP: usize = 4;
+    /// The frame of [`backtrace`] itself is skipped. The allocator's own frames follow (how
+    /// many depends on inlining, so none is skipped blindly), then the caller's.
+    const SKIP: usize = 1;
 
     struct State<'a> {
         frames: &'a mut [usize],

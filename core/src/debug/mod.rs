@@ -91,7 +91,7 @@ impl core::fmt::Debug for LockClass {
 
 /// Most frames a report shows for an allocation site.
 #[cfg(feature = "hooks")]
-pub(crate) const FRAMES: usize = 8;
+pub(crate) const FRAMES: usize = 12;
 
 /// The per-thread state of the hooks, in [`ThreadCtx`]. Touched only by its thread.
 #[cfg_attr(not(feature = "hooks"), allow(dead_code))]
@@ -284,9 +284,17 @@ impl<P: Platform> Core<P> {
     pub(crate) fn free_hook(&self, ptr: *mut u8) {
         #[cfg(feature = "tags")]
         if self.debug.tags.any_live() {
-            self.debug.tags.untrack(&self.platform, ptr.addr());
+            self.untag(ptr);
         }
         let _ = ptr;
+    }
+
+    /// The block leaves its tag (out of line: the free fast path keeps its registers).
+    #[cfg(feature = "tags")]
+    #[cold]
+    #[inline(never)]
+    fn untag(&self, ptr: *mut u8) {
+        self.debug.tags.untrack(&self.platform, ptr.addr());
     }
 
     #[cfg(feature = "hooks")]

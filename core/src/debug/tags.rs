@@ -68,6 +68,26 @@ impl Tags {
         }
     }
 
+    /// `fork` prepare: takes the two locks (after the allocator's own), so that no other
+    /// thread holds one when the process forks.
+    pub(crate) fn fork_prepare<P: Platform>(&self, platform: &P) {
+        core::mem::forget(self.names.lock_with(|| platform.relax()));
+        core::mem::forget(self.table.lock_with(|| platform.relax()));
+    }
+
+    /// Releases what [`fork_prepare`](Self::fork_prepare) took.
+    ///
+    /// # Safety
+    /// The calling thread ran `fork_prepare` (in this process or its parent) and has not
+    /// released the locks since.
+    pub(crate) unsafe fn fork_release(&self) {
+        // SAFETY: per the contract.
+        unsafe {
+            self.table.unlock_forgotten();
+            self.names.unlock_forgotten();
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn any_live(&self) -> bool {
         self.live.load(Ordering::Relaxed) != 0

@@ -1,8 +1,11 @@
-//! Bad frees in the slab: the checks that are cheap enough for every build (a page that
-//! empties must hold each of its blocks exactly once), and those `hardened` adds to the fast
-//! path (the segment map; a free of a block that is free already; free-list links). Found
-//! problems are reported with the pointer; under `hardened` the process then aborts, otherwise
-//! the free is ignored or the page repaired — never followed into corruption.
+//! Bad frees in the slab: the checks cheap enough for every build, on the paths that walk blocks
+//! anyway (a page's remote list, taken by its owner, can hold at most `used` blocks: a block
+//! freed twice by other threads makes it longer — a cycle — and is found there; a free into a
+//! page that was given back), and those `hardened` adds on the fast path (the segment map; a
+//! free of a block that is free already; free-list links before they are followed). Problems
+//! are reported with the pointer;
+//! under `hardened` the process then aborts, otherwise the free is ignored or the page's lists
+//! rebuilt without repeats — never followed into corruption.
 
 use super::page::Page;
 use super::remote::Block;
@@ -21,39 +24,49 @@ impl<P: Platform> Core<P> {
         self.platform.abort();
     }
 
-    /// `used` of `page` reached zero: before the page is given back, check that its lists hold
-    /// exactly the blocks carved from it, each once. A block freed twice makes them revisit a
-    /// block (or share a tail) and their length differ from `reserved`. Returns whether the
-    /// page may be retired; if not, it was repaired: its distinct free blocks are on
-    /// `local_free` and the rest count as used.
+    /// Moves `remote`, the list just taken from `page`'s remote list, onto `local_free` and
+    /// counts its blocks off `used`. Blocks on the remote list count as used, so it can hold at
+    /// most `used`: a longer one (a block freed twice from other threads, which also closes the
+    /// list into a cycle — the walk is bounded) is reported and the page's lists rebuilt.
     ///
     /// # Safety
-    /// The caller owns `page`, which is live with `used == 0`.
-    pub(crate) unsafe fn retire_check(&self, page: *mut Page) -> bool {
-        // SAFETY: the owner reads its own lists; a bound on the walk stops at any cycle.
+    /// The caller owns `page`, which is live, and the blocks of `remote`.
+    pub(crate) unsafe fn absorb_remote(&self, page: *mut Page, remote: *mut Block) {
+        // SAFETY: the owner's lists; the walk stops after `used` blocks.
         unsafe {
-            let reserved = (*page).reserved as usize;
-            let mut n = 0usize;
-            for head in [(*page).free, (*page).local_free] {
-                let mut b = head;
-                while !b.is_null() && n <= reserved {
-                    n += 1;
-                    b = Block::next(b);
+            let used = (*page).used;
+            let mut n = 1;
+            let mut tail = remote;
+            loop {
+                let next = Block::next(tail);
+                if next.is_null() {
+                    break;
                 }
+                n += 1;
+                if n > used {
+                    self.repair_page(page, remote);
+                    return;
+                }
+                tail = next;
             }
-            if n == reserved {
-                return true;
+            if n > used {
+                self.repair_page(page, remote);
+                return;
             }
-            self.repair_page(page)
+            Block::set_next(tail, (*page).local_free);
+            (*page).local_free = remote;
+            (*page).used -= n;
         }
     }
 
-    /// Rebuilds `page`'s lists without repeats and reports the first block seen twice.
+    /// Rebuilds `page`'s lists — `free`, `local_free` and the taken remote list `extra` —
+    /// without repeats onto `local_free`, counts the blocks not on them as used, and reports the
+    /// first block seen twice. Returns whether the page is now empty.
     ///
     /// # Safety
-    /// As [`retire_check`](Self::retire_check).
+    /// The caller owns `page`, which is live, and the blocks of `extra`.
     #[cold]
-    unsafe fn repair_page(&self, page: *mut Page) -> bool {
+    unsafe fn repair_page(&self, page: *mut Page, extra: *mut Block) -> bool {
         // SAFETY: as above; every block visited lies in the page (checked before following).
         unsafe {
             let bs = (*page).block_size as usize;
@@ -63,7 +76,7 @@ impl<P: Platform> Core<P> {
             let mut distinct: *mut Block = ptr::null_mut();
             let mut count = 0u32;
             let mut repeated: *mut Block = ptr::null_mut();
-            for head in [(*page).free, (*page).local_free] {
+            for head in [(*page).free, (*page).local_free, extra] {
                 let mut b = head;
                 while !b.is_null() {
                     let off = b.addr().wrapping_sub(start.addr());
@@ -91,8 +104,8 @@ impl<P: Platform> Core<P> {
             let at = if repeated.is_null() { start } else { repeated.cast() };
             self.bad_slab_free(
                 at,
-                "freed twice: the page's free lists revisit it (found when the page emptied; \
-                 the page is kept, its other blocks are safe)",
+                "freed twice: the page's free lists revisit it (the page's lists were rebuilt; \
+                 its other blocks are safe)",
             );
             (*page).used == 0
         }

@@ -319,7 +319,7 @@ impl<P: Platform> Core<P> {
             while !page.is_null() {
                 let next = (*page).next;
                 q.remove(page);
-                if Page::collect(page) || Page::extend(page) {
+                if Page::collect(self, page) || Page::extend(page) {
                     return Heap::activate(heap, class, page);
                 }
                 (*page).in_full = true;
@@ -332,7 +332,7 @@ impl<P: Platform> Core<P> {
             let mut page = full.head;
             while !page.is_null() {
                 let next = (*page).next;
-                if Page::has_room(page) && (Page::collect(page) || Page::extend(page)) {
+                if Page::has_room(page) && (Page::collect(self, page) || Page::extend(page)) {
                     full.remove(page);
                     (*page).in_full = false;
                     return Heap::activate(heap, class, page);
@@ -364,9 +364,6 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn page_retire(&self, heap: *mut Heap, page: *mut Page) {
         // SAFETY: the owner works on its own lists.
         unsafe {
-            if !self.retire_check(page) {
-                return;
-            }
             let _busy = Busy::enter(heap);
             let class = (*page).class as usize;
             if (*page).in_full {
@@ -475,10 +472,7 @@ impl<P: Platform> Core<P> {
                         }
                         let remote = (*page).remote.abandon();
                         if !remote.is_null() {
-                            let (n, tail) = super::remote::count_and_tail(remote);
-                            Block::set_next(tail, (*page).local_free);
-                            (*page).local_free = remote;
-                            (*page).used -= n;
+                            self.absorb_remote(page, remote);
                         }
                         (*page).in_full = false;
                         if (*page).used == 0 {
@@ -516,7 +510,7 @@ impl<P: Platform> Core<P> {
             };
             // SAFETY: the page is now ours.
             unsafe {
-                if Page::collect(page) || Page::extend(page) {
+                if Page::collect(self, page) || Page::extend(page) {
                     return Some(page);
                 }
                 (*page).in_full = true;
@@ -541,7 +535,7 @@ impl<P: Platform> Core<P> {
                 let mut page = q.head;
                 while !page.is_null() {
                     let next = (*page).next;
-                    Page::collect(page);
+                    Page::collect(self, page);
                     if (*page).used == 0 {
                         q.remove(page);
                         self.span_free(page);

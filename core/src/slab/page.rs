@@ -8,8 +8,9 @@
 //! path runs regularly and picks up remote frees (mimalloc's "free-list sharding").
 
 use super::heap::Heap;
-use super::remote::{count_and_tail, Block, RemoteList};
+use super::remote::{Block, RemoteList};
 use crate::sync::AtomicPtr;
+use crate::{Core, Platform};
 use core::ptr;
 
 /// Descriptor of one slab page. Lives in its segment's header; its address never changes.
@@ -139,7 +140,7 @@ impl Page {
     /// # Safety
     /// `page` is live and owned by the caller.
     #[inline]
-    pub(crate) unsafe fn collect(page: *mut Page) -> bool {
+    pub(crate) unsafe fn collect<P: Platform>(core: &Core<P>, page: *mut Page) -> bool {
         // SAFETY: the caller owns the page, hence its owner-only fields and every block on its
         // local and (once taken) remote lists.
         unsafe {
@@ -148,10 +149,7 @@ impl Page {
             }
             let remote = (*page).remote.take();
             if !remote.is_null() {
-                let (n, tail) = count_and_tail(remote);
-                Block::set_next(tail, (*page).local_free);
-                (*page).local_free = remote;
-                (*page).used -= n;
+                core.absorb_remote(page, remote);
             }
             if (*page).local_free.is_null() {
                 return false;

@@ -191,25 +191,6 @@ impl RemoteList {
     }
 }
 
-/// Counts a list and returns its tail.
-///
-/// # Safety
-/// `head` starts a null-terminated list of free blocks the caller owns.
-#[inline]
-pub unsafe fn count_and_tail(head: *mut Block) -> (u32, *mut Block) {
-    let mut n = 1;
-    let mut b = head;
-    loop {
-        // SAFETY: the caller owns every block of the list.
-        let next = unsafe { Block::next(b) };
-        if next.is_null() {
-            return (n, b);
-        }
-        n += 1;
-        b = next;
-    }
-}
-
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;

@@ -51,6 +51,9 @@ pub(crate) struct SegMap {
     /// [`INLINE`] sentinel, not its address, so that a `Core` stays movable.
     first: [AtomicUsize; WORDS],
     first_taken: AtomicBool,
+    /// The top index whose leaf is `first` (usize::MAX until one is): `hardened` frees look
+    /// there first. Written once, under the page-heap lock, before any bit of that leaf is set.
+    first_top: AtomicUsize,
     /// The lowest and highest top-level entries with a leaf (`usize::MAX` and 0 while none
     /// has): audits walk only these. Written under the page-heap lock.
     lo: AtomicUsize,
@@ -75,6 +78,7 @@ impl SegMap {
             leaves: [const { AtomicPtr::new(ptr::null_mut()) }; TOP],
             first: [const { AtomicUsize::new(0) }; WORDS],
             first_taken: AtomicBool::new(false),
+            first_top: AtomicUsize::new(usize::MAX),
             lo: AtomicUsize::new(usize::MAX),
             hi: AtomicUsize::new(0),
         }
@@ -110,6 +114,25 @@ impl SegMap {
 }
 
 impl SegMap {
+    /// [`contains`](Self::contains) for the `hardened` free fast path: most programs' segments
+    /// all lie under the inline leaf (128 GiB of address space), found with one compare.
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    pub(crate) fn contains_fast(&self, addr: usize) -> bool {
+        let seg = addr >> SEGMENT_SHIFT;
+        if seg >> LEAF_SHIFT == self.first_top.load(Ordering::Acquire) {
+            let within = seg & ((1 << LEAF_SHIFT) - 1);
+            return self.first[within / WORD_BITS].load(Ordering::Relaxed) & (1 << (within % WORD_BITS)) != 0;
+        }
+        self.contains_slow(addr)
+    }
+
+    #[cfg(feature = "hardened")]
+    #[inline(never)]
+    fn contains_slow(&self, addr: usize) -> bool {
+        self.contains(addr)
+    }
+
     /// Calls `f` with the base address of every segment marked live. For audits: the caller
     /// keeps segments from coming and going meanwhile.
     #[cfg(any(test, feature = "mock"))]
@@ -144,6 +167,7 @@ impl<P: Platform> Core<P> {
         if leaf.is_null() && !self.segmap.first_taken.swap(true, Ordering::Relaxed) {
             // Zero already; writers hold the page-heap lock, so nobody published one meanwhile.
             self.segmap.leaves[top].store(INLINE, Ordering::Release);
+            self.segmap.first_top.store(top, Ordering::Release);
             leaf = self.segmap.leaf(top);
         }
         if leaf.is_null() {

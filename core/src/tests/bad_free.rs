@@ -18,40 +18,45 @@ fn blocks(core: &Core<MockPlatform>, n: usize) -> Vec<*mut u8> {
 
 #[cfg(not(feature = "hardened"))]
 #[test]
-fn a_double_free_is_reported_when_its_page_empties_and_the_page_is_repaired() {
+fn a_double_free_from_another_thread_is_found_when_the_owner_collects() {
     let core = new_core(16);
     let b = blocks(&core, 20);
-    let twice = b[3];
-    // SAFETY: deliberately wrong — block 3 freed twice; the rest once.
-    unsafe {
-        core.dealloc(twice, BLOCK);
-        core.dealloc(twice, BLOCK);
-        for &p in b.iter().filter(|&&p| p != twice).take(18) {
-            core.dealloc(p, BLOCK);
-        }
-    }
-    // `used` reached zero with block 19 still live: the page was checked, not given back.
+    let (twice, once) = (b[3].addr(), b[5].addr());
+    thread::scope(|s| {
+        s.spawn(|| {
+            let p = |a| core.platform().ptr_from_addr(a);
+            // SAFETY: deliberately wrong — block 3 freed twice, from a thread that does not own
+            // its page (the remote list now holds a cycle); block 5 once.
+            unsafe {
+                core.dealloc(p(twice), BLOCK);
+                core.dealloc(p(twice), BLOCK);
+                core.dealloc(p(once), BLOCK);
+            }
+        });
+    });
+    // The owner's next allocation collects the remote list: more blocks than are in use.
+    let again = blocks(&core, 2);
     assert_eq!(core.stats().bad_frees, 1);
     let reports = core.platform().reports();
-    let want = std::format!("free of {twice:p} (no size given) ignored: freed twice");
+    let want = std::format!("free of {:p} (no size given) ignored: freed twice", b[3]);
     assert!(reports.iter().any(|r| r.contains(&want)), "{reports:?}");
-    // The live block is intact and not handed out again; every other block comes back once.
-    let last = b[19];
-    // SAFETY: block 19 is live.
-    unsafe { last.write_bytes(0x5a, BLOCK.size()) };
-    let again = blocks(&core, 19);
-    let mut sorted = again.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), 19, "no block handed out twice");
-    assert!(!again.contains(&last), "the live block is not reused");
-    // SAFETY: block 19 is live and was not touched by the allocator.
-    assert!(unsafe { core::slice::from_raw_parts(last, BLOCK.size()) }.iter().all(|&x| x == 0x5a));
-    for p in again.into_iter().chain([last]) {
+    // The two blocks freed come back, once each; no live block is handed out again.
+    let mut got: Vec<usize> = again.iter().map(|p| p.addr()).collect();
+    got.sort();
+    let mut want_back = std::vec![twice, once];
+    want_back.sort();
+    assert_eq!(got, want_back);
+    for (i, &p) in b.iter().enumerate() {
+        if i != 3 && i != 5 {
+            // SAFETY: live blocks of BLOCK.
+            unsafe { core.dealloc(p, BLOCK) };
+        }
+    }
+    for p in again {
         // SAFETY: live blocks of BLOCK.
         unsafe { core.dealloc(p, BLOCK) };
     }
-    assert_eq!(core.stats().bad_frees, 1, "the repaired page empties cleanly");
+    assert_eq!(core.stats().bad_frees, 1, "the rebuilt page empties cleanly");
 }
 
 #[cfg(feature = "hardened")]
@@ -72,13 +77,28 @@ fn hardened_a_double_free_aborts_at_the_second_free() {
     let want = std::format!("free of {:p} (no size given) ignored: freed twice", b[1]);
     // SAFETY: deliberately wrong: freed again.
     aborts(&core, &want, || unsafe { core.dealloc(b[1], BLOCK) });
-    // A live block whose first word was never written is not mistaken for a free one.
-    // SAFETY: live blocks.
+    // From another thread too (taken at its word: no list walk).
+    let again = b[1].addr();
+    let r = thread::scope(|s| {
+        s.spawn(|| {
+            let p = core.platform().ptr_from_addr(again);
+            // SAFETY: deliberately wrong: freed a third time.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { core.dealloc(p, BLOCK) }))
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(r.is_err(), "a remote double free aborts");
+    // Live blocks — untouched since allocation, or holding pointers near themselves — are not
+    // mistaken for free ones.
+    // SAFETY: live blocks of BLOCK.
     unsafe {
+        b[2].cast::<usize>().write(b[3].addr());
         core.dealloc(b[0], BLOCK);
         core.dealloc(b[2], BLOCK);
+        core.dealloc(b[3], BLOCK);
     }
-    assert_eq!(core.stats().bad_frees, 1);
+    assert_eq!(core.stats().bad_frees, 2);
 }
 
 #[cfg(feature = "hardened")]

@@ -159,6 +159,7 @@ impl<T> Owned<T> {
         Owned { name, inner: TrackedMutex::new(v, name), owner: Mutex::new(None), waiting: Mutex::new(None) }
     }
 
+    #[track_caller]
     fn lock(&self) -> OwnedGuard<'_, T> {
         let guard = self.inner.lock();
         *self.owner.lock().unwrap() = Some(thread::current().id());
