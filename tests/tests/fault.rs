@@ -21,6 +21,14 @@ const QUIET: Gfp = Gfp::NOWARN.union(Gfp::NORECLAIM);
 fn pattern_in<G>(n: usize, gfp: Gfp, guard: impl FnOnce() -> G) -> Vec<bool> {
     let mut out = Vec::with_capacity(n);
     let g = guard();
+    attempts(&mut out, n, gfp);
+    drop(g);
+    out
+}
+
+/// Allocates `n` times with `gfp` and frees, pushing whether each failed onto `out`, which
+/// has room for them (so that nothing else allocates).
+fn attempts(out: &mut Vec<bool>, n: usize, gfp: Gfp) {
     for _ in 0..n {
         match alloc_with(L, gfp) {
             // SAFETY: a fresh block of `L`.
@@ -31,8 +39,6 @@ fn pattern_in<G>(n: usize, gfp: Gfp, guard: impl FnOnce() -> G) -> Vec<bool> {
             Err(_) => out.push(true),
         }
     }
-    drop(g);
-    out
 }
 
 /// [`pattern_in`] without a guard of its own.
@@ -115,18 +121,7 @@ fn fail_nth_times_interval_and_space_follow_the_kernel() {
 fn guards_nest_and_restore() {
     // Every result vector is allocated before the outer guard; the inner guard fails nothing.
     let (mut a, mut inner, mut b) = (Vec::with_capacity(2), Vec::with_capacity(50), Vec::with_capacity(2));
-    let once = |out: &mut Vec<bool>, n| {
-        for _ in 0..n {
-            match alloc_with(L, QUIET) {
-                // SAFETY: a fresh block of `L`.
-                Ok(p) => unsafe {
-                    dealloc(p, L);
-                    out.push(false)
-                },
-                Err(_) => out.push(true),
-            }
-        }
-    };
+    let once = |out: &mut Vec<bool>, n| attempts(out, n, QUIET);
     let outer = fault::inject(FaultConfig { fail_nth: 3, ..FaultConfig::DEFAULT });
     once(&mut a, 2);
     {

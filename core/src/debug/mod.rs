@@ -52,8 +52,8 @@ pub(crate) const ARM_FAULT: u8 = 1 << 2;
 pub(crate) const ARM_LOCKS: u8 = 1 << 3;
 
 /// A lock the reclaim-order checker knows about: embed one in each lock (the std shim's
-/// `TrackedMutex` and `ScopedMutex` do) and call [`Core::lock_acquire`] /
-/// [`Core::lock_release`] around it. Without the `lockcheck` feature it is only a name.
+/// `TrackedMutex` and `ScopedMutex` do) and call `Core::lock_acquire` before taking it and
+/// `Core::lock_release` after (feature `lockcheck`). Without that feature it is only a name.
 ///
 /// ```
 /// use ctxalloc_core::LockClass;
@@ -172,8 +172,8 @@ impl Drop for Busy<'_> {
 }
 
 impl<P: Platform> Core<P> {
-    #[cfg(feature = "hooks")]
     /// Whether a hook wants the calling thread's allocations. One byte load.
+    #[cfg(feature = "hooks")]
     #[inline(always)]
     pub(crate) fn hooks_armed(&self) -> bool {
         // SAFETY: the platform hands out the calling thread's context.
@@ -297,8 +297,8 @@ impl<P: Platform> Core<P> {
         self.debug.tags.untrack(&self.platform, ptr.addr());
     }
 
-    #[cfg(feature = "hooks")]
     /// Reports (or, in strict mode, aborts on) an allocation inside a `FORBID` scope.
+    #[cfg(feature = "hooks")]
     #[cold]
     fn forbidden(&self, size: usize, eff: Effective) {
         self.debug.forbidden.fetch_add(1, Ordering::Relaxed);
@@ -317,8 +317,8 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    #[cfg(feature = "hooks")]
     /// Writes the calling thread's return addresses as one report line.
+    #[cfg(feature = "hooks")]
     pub(crate) fn report_backtrace(&self, what: &str) {
         let mut frames = [0usize; FRAMES];
         let n = self.platform.backtrace(&mut frames);
@@ -327,8 +327,8 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    #[cfg(feature = "hooks")]
     /// Writes `frames` as one report line, each as the platform describes it.
+    #[cfg(feature = "hooks")]
     pub(crate) fn report_frames(&self, what: &str, frames: &[usize]) {
         let mut b = crate::report::ReportBuf::new();
         let _ = core::fmt::Write::write_str(&mut b, what);
