@@ -209,7 +209,7 @@ impl<P: Platform> Core<P> {
     #[cold]
     #[inline(never)]
     unsafe fn dealloc_tagged(&self, ptr: *mut u8, layout: Layout) {
-        self.free_hook(ptr);
+        self.untag(ptr);
         // SAFETY: forwarded.
         unsafe { self.dealloc_plain(ptr, layout) }
     }
@@ -236,14 +236,8 @@ impl<P: Platform> Core<P> {
     /// As [`alloc`](Self::alloc).
     #[inline]
     pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        #[cfg(feature = "hooks")]
-        if self.hooks_armed() {
-            // SAFETY: forwarded.
-            return self
-                .alloc_hooked(layout.size(), Gfp::ZERO, || unsafe { self.alloc_gfp(layout, Gfp::ZERO) });
-        }
         // SAFETY: forwarded.
-        unsafe { self.alloc_gfp(layout, Gfp::ZERO) }
+        self.with_hooks(layout.size(), Gfp::ZERO, || unsafe { self.alloc_gfp(layout, Gfp::ZERO) })
     }
 
     /// Pops a block for a small size at the minimum alignment, or takes the slow path. With a
@@ -303,14 +297,8 @@ impl<P: Platform> Core<P> {
     /// As [`alloc`](Self::alloc).
     #[inline(never)]
     unsafe fn alloc_aligned(&self, layout: Layout) -> *mut u8 {
-        #[cfg(feature = "hooks")]
-        if self.hooks_armed() {
-            // SAFETY: forwarded.
-            return self
-                .alloc_hooked(layout.size(), Gfp::KERNEL, || unsafe { self.alloc_gfp(layout, Gfp::KERNEL) });
-        }
         // SAFETY: forwarded.
-        unsafe { self.alloc_gfp(layout, Gfp::KERNEL) }
+        self.with_hooks(layout.size(), Gfp::KERNEL, || unsafe { self.alloc_gfp(layout, Gfp::KERNEL) })
     }
 
     /// Pops a block of `class`, or takes the slow path.
@@ -359,22 +347,25 @@ impl<P: Platform> Core<P> {
             if page.is_null() {
                 return self.slab_free_suspect(page, block);
             }
-            self.slab_free_in(page, block);
+            self.slab_free_in(page, block, true);
         }
     }
 
     /// Frees `block` of `page`: onto the page's local list if the calling thread owns it,
-    /// otherwise the remote path.
+    /// otherwise the remote path. Under `hardened`, `check` tests first whether the block was
+    /// free already (the suspect path frees with `false` once it has looked closer).
     ///
     /// # Safety
-    /// `block` is a live block of the live slab page `page` (under `hardened`, a block of it
-    /// that may be free already).
+    /// `block` is a live block of the live slab page `page` (with `check`, under `hardened`, a
+    /// block of it that may be free already).
     #[inline(always)]
-    unsafe fn slab_free_in(&self, page: *mut Page, block: *mut Block) {
+    unsafe fn slab_free_in(&self, page: *mut Page, block: *mut Block, check: bool) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = check;
         // SAFETY: per the contract; the platform hands out the calling thread's context.
         unsafe {
             #[cfg(feature = "hardened")]
-            let raw = crate::hardened::link_word(block);
+            let raw = if check { crate::hardened::link_word(block) } else { 0 };
             crate::track::poison_block(block.cast(), (*page).block_size as usize);
             let heap = (*self.platform.thread()).heap.get();
             if (*page).owner.load(Ordering::Relaxed) == heap {
@@ -403,32 +394,7 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// [`slab_free_in`](Self::slab_free_in) for a block known not to be free: the push
-    /// without the `hardened` test.
-    ///
-    /// # Safety
-    /// `block` is a live block of the live slab page `page`.
-    #[cfg(feature = "hardened")]
-    #[inline(never)]
-    unsafe fn slab_free_checked(&self, page: *mut Page, block: *mut Block) {
-        // SAFETY: per the contract; the platform hands out the calling thread's context.
-        unsafe {
-            crate::track::poison_block(block.cast(), (*page).block_size as usize);
-            let heap = (*self.platform.thread()).heap.get();
-            if (*page).owner.load(Ordering::Relaxed) == heap {
-                Block::set_next(block, (*page).local_free);
-                (*page).local_free = block;
-                (*page).used -= 1;
-                if (*page).used == 0 {
-                    self.page_retire(heap, page);
-                }
-                return;
-            }
-            self.free_slow(page, block);
-        }
-    }
-
-    /// `hardened`: a free whose address is not under the segment map's inline leaf: the full
+    /// `hardened`: a free whose address the fast segment-map test did not find: the full
     /// lookup, then the checks of the fast path.
     ///
     /// # Safety
@@ -447,7 +413,7 @@ impl<P: Platform> Core<P> {
             if page.is_null() {
                 return self.slab_free_suspect(page, block);
             }
-            self.slab_free_in(page, block);
+            self.slab_free_in(page, block, true);
         }
     }
 
@@ -471,7 +437,7 @@ impl<P: Platform> Core<P> {
             if !own || self.on_free_lists(page, block) {
                 return self.bad_slab_free(block.cast(), "freed twice");
             }
-            self.slab_free_checked(page, block);
+            self.slab_free_in(page, block, false);
         }
     }
 
@@ -485,13 +451,8 @@ impl<P: Platform> Core<P> {
     /// As [`alloc`](Self::alloc).
     #[inline(never)]
     unsafe fn alloc_other(&self, layout: Layout, call: Gfp) -> *mut u8 {
-        #[cfg(feature = "hooks")]
-        if self.hooks_armed() {
-            // SAFETY: forwarded.
-            return self.alloc_hooked(layout.size(), call, || unsafe { self.alloc_gfp(layout, call) });
-        }
         // SAFETY: forwarded.
-        unsafe { self.alloc_gfp(layout, call) }
+        self.with_hooks(layout.size(), call, || unsafe { self.alloc_gfp(layout, call) })
     }
 
     /// Allocation with per-call flags, any layout.
@@ -538,12 +499,8 @@ impl<P: Platform> Core<P> {
     /// impossible.
     #[track_caller]
     pub fn alloc_with(&self, layout: Layout, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
-        #[cfg(feature = "hooks")]
-        if self.hooks_armed() {
-            let p = self.alloc_hooked(layout.size(), gfp, || self.alloc_with_plain(layout, gfp));
-            return NonNull::new(p).ok_or(AllocError);
-        }
-        NonNull::new(self.alloc_with_plain(layout, gfp)).ok_or(AllocError)
+        NonNull::new(self.with_hooks(layout.size(), gfp, || self.alloc_with_plain(layout, gfp)))
+            .ok_or(AllocError)
     }
 
     /// [`alloc_with`](Self::alloc_with) without the debugging hooks; null on failure.
@@ -948,7 +905,7 @@ impl<P: Platform> Core<P> {
 
     /// The calling thread's context.
     #[inline(always)]
-    fn thread(&self) -> &ThreadCtx {
+    pub(crate) fn thread(&self) -> &ThreadCtx {
         // SAFETY: the platform hands out the calling thread's context, valid while it runs.
         unsafe { &*self.platform.thread() }
     }

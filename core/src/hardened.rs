@@ -53,10 +53,10 @@ pub(crate) fn encode(p: *mut Block) -> *mut Block {
     p.map_addr(|a| a ^ key())
 }
 
-/// A link as stored, decoded.
+/// A link as stored, decoded (XOR is its own inverse).
 #[inline(always)]
 pub(crate) fn decode(p: *mut Block) -> *mut Block {
-    p.map_addr(|a| a ^ key())
+    encode(p)
 }
 
 /// Whether `next`, decoded from `block`'s link word, can be a link: null or in `block`'s

@@ -295,6 +295,12 @@ pub fn assert_child_passes(test: &str, env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// Runs the child scenario `test`, asserts it passed, and returns what it wrote to stderr
+/// (where ctxalloc's reports go).
+pub fn child_stderr(test: &str) -> String {
+    String::from_utf8_lossy(&assert_child_passes(test, &[]).stderr).into_owned()
+}
+
 /// Spins (yielding) until `cond` holds; panics after `secs` seconds so that a broken test fails
 /// instead of hanging. The deadline is a guard, not the synchronisation.
 pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {

@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod engine;
 
-use ctxalloc_tests::{assert_child_passes, is_child};
+use ctxalloc_tests::{child_stderr, is_child};
 use engine::{Failure, Options};
 
 #[global_allocator]
@@ -28,8 +28,7 @@ fn small(no_scopes: bool) -> Options {
 
 #[test]
 fn under_a_small_limit_no_write_is_lost() {
-    let out = assert_child_passes("child_small_limit", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = child_stderr("child_small_limit");
     assert!(!err.contains("lockcheck"), "with its scopes the checker is silent: {err}");
 }
 
@@ -49,8 +48,7 @@ fn child_small_limit() {
 
 #[test]
 fn without_scopes_the_recursion_is_named_not_hung() {
-    let out = assert_child_passes("child_no_scopes", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = child_stderr("child_no_scopes");
     let failed = err.find("run failed: deadlock").unwrap_or_else(|| panic!("{err}"));
     assert!(err[failed..].contains("lock `cache`") || err[failed..].contains("lock `writeback`"), "{err}");
     // The reclaim-order checker spoke first, at the first allocation under a lock.
@@ -61,8 +59,7 @@ fn without_scopes_the_recursion_is_named_not_hung() {
 
 #[test]
 fn without_scopes_and_with_plenty_of_memory_the_checker_still_reports() {
-    let out = assert_child_passes("child_no_scopes_no_limit", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = child_stderr("child_no_scopes_no_limit");
     for (lock, shrinker, class) in
         [("cache", "block-cache", "filesystem"), ("writeback", "write-back", "I/O")]
     {

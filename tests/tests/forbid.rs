@@ -2,7 +2,7 @@
 //! its size; strict mode aborts. Reports go to stderr and the counters are process-wide, so
 //! each scenario runs in a child process.
 
-use ctxalloc_tests::{assert_child_passes, is_child, run_child};
+use ctxalloc_tests::{assert_child_passes, child_stderr, is_child, run_child};
 use std::hint::black_box;
 
 #[global_allocator]
@@ -10,8 +10,7 @@ static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
 
 #[test]
 fn an_allocation_inside_forbid_alloc_is_reported_with_its_size() {
-    let out = assert_child_passes("child_report", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = child_stderr("child_report");
     assert_eq!(err.matches("inside forbid_alloc()").count(), 1, "{err}");
     assert!(err.contains("allocation of 1234 bytes inside forbid_alloc()"), "{err}");
     assert!(err.contains("allocated at"), "the report shows where: {err}");

@@ -4,8 +4,10 @@
 //! reclaim ever ran; a scope forbidding the class keeps it silent. Reports go to stderr, so
 //! each scenario runs in a child process.
 
-use ctxalloc::{Gfp, ReclaimClass, ScanResult, ScopedMutex, ShrinkControl, Shrinker, TrackedMutex};
-use ctxalloc_tests::{assert_child_passes, is_child};
+use ctxalloc::{
+    Gfp, ReclaimClass, ScanResult, ScopedMutex, ShrinkControl, Shrinker, ShrinkerHandle, TrackedMutex,
+};
+use ctxalloc_tests::{child_stderr, is_child};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -38,13 +40,16 @@ impl Shrinker for CacheShrinker {
     }
 }
 
-fn stderr_of(test: &str) -> String {
-    String::from_utf8_lossy(&assert_child_passes(test, &[]).stderr).into_owned()
+/// A cache of items whose shrinker, of `class`, tries its lock; registered.
+fn cache_with_shrinker(class: ReclaimClass, name: &'static str) -> (Arc<Cache>, ShrinkerHandle) {
+    let cache = Arc::new(Cache { items: TrackedMutex::new(Vec::with_capacity(64), "items") });
+    let h = ctxalloc::register_shrinker(Arc::new(CacheShrinker(cache.clone(), class, name)));
+    (cache, h)
 }
 
 #[test]
 fn a_declared_shrinker_lock_held_across_an_allocation_is_reported_before_any_reclaim() {
-    let err = stderr_of("child_declared");
+    let err = child_stderr("child_declared");
     assert_eq!(err.matches("ctxalloc: lockcheck:").count(), 1, "reported once: {err}");
     assert!(
         err.contains("lock `items` is held across an allocation that may reclaim from filesystem shrinkers"),
@@ -65,9 +70,7 @@ fn child_declared() {
     if !is_child("child_declared") {
         return;
     }
-    let cache = Arc::new(Cache { items: TrackedMutex::new(Vec::with_capacity(64), "items") });
-    let h =
-        ctxalloc::register_shrinker(Arc::new(CacheShrinker(cache.clone(), ReclaimClass::Fs, "item-cache")));
+    let (cache, h) = cache_with_shrinker(ReclaimClass::Fs, "item-cache");
     h.takes(&cache.items);
     for _ in 0..3 {
         let mut items = cache.items.lock();
@@ -80,7 +83,7 @@ fn child_declared() {
 
 #[test]
 fn the_shrinker_side_is_learned_when_the_shrinker_runs() {
-    let err = stderr_of("child_learned");
+    let err = child_stderr("child_learned");
     assert!(err.contains("shrinker `learned-cache` (I/O class) takes `items`"), "{err}");
     assert!(err.contains("may reclaim from I/O shrinkers"), "{err}");
 }
@@ -90,12 +93,7 @@ fn child_learned() {
     if !is_child("child_learned") {
         return;
     }
-    let cache = Arc::new(Cache { items: TrackedMutex::new(Vec::with_capacity(64), "items") });
-    let _h = ctxalloc::register_shrinker(Arc::new(CacheShrinker(
-        cache.clone(),
-        ReclaimClass::Io,
-        "learned-cache",
-    )));
+    let (cache, _h) = cache_with_shrinker(ReclaimClass::Io, "learned-cache");
     {
         let mut items = cache.items.lock();
         let _nofs = ctxalloc::scope(Gfp::NOFS); // forbids filesystem shrinkers, not I/O ones
@@ -108,7 +106,7 @@ fn child_learned() {
 
 #[test]
 fn scopes_that_forbid_the_class_keep_it_silent() {
-    let err = stderr_of("child_silent");
+    let err = child_stderr("child_silent");
     assert!(!err.contains("lockcheck"), "{err}");
 }
 
@@ -117,8 +115,7 @@ fn child_silent() {
     if !is_child("child_silent") {
         return;
     }
-    let cache = Arc::new(Cache { items: TrackedMutex::new(Vec::with_capacity(64), "items") });
-    let h = ctxalloc::register_shrinker(Arc::new(CacheShrinker(cache.clone(), ReclaimClass::Io, "io-cache")));
+    let (cache, h) = cache_with_shrinker(ReclaimClass::Io, "io-cache");
     h.takes(&cache.items);
     {
         let mut items = cache.items.lock();
@@ -140,7 +137,7 @@ fn child_silent() {
 
 #[test]
 fn a_scoped_mutex_with_the_wrong_scope_is_reported() {
-    let err = stderr_of("child_wrong_scope");
+    let err = child_stderr("child_wrong_scope");
     assert!(
         err.contains("lock `journal` is held across an allocation that may reclaim from I/O shrinkers"),
         "{err}"

@@ -8,7 +8,6 @@
 //! kvmalloc's vmap attempt, a cache that recycles — run as they would under real pressure.
 
 use crate::gfp::Effective;
-use crate::platform::ThreadCtx;
 use crate::reclaim::Attempt;
 use crate::sync::Ordering;
 use crate::{Core, Platform};
@@ -137,11 +136,6 @@ impl FaultState {
 }
 
 impl<P: Platform> Core<P> {
-    fn thread_fault(&self) -> &ThreadCtx {
-        // SAFETY: the platform hands out the calling thread's context.
-        unsafe { &*self.platform.thread() }
-    }
-
     /// Starts failing the calling thread's allocations as `config` says; returns what to hand to
     /// [`fault_restore`](Self::fault_restore) when the guarded code ends. Guards nest: the inner
     /// one replaces the outer until restored.
@@ -163,7 +157,7 @@ impl<P: Platform> Core<P> {
     /// # }
     /// ```
     pub fn fault_inject(&self, config: FaultConfig) -> FaultSaved {
-        let t = self.thread_fault();
+        let t = self.thread();
         let f = &t.debug.fault;
         let saved = FaultSaved {
             config: f.config.get(),
@@ -186,7 +180,7 @@ impl<P: Platform> Core<P> {
 
     /// Ends the calling thread's innermost fault-injection guard.
     pub fn fault_restore(&self, saved: FaultSaved) {
-        let t = self.thread_fault();
+        let t = self.thread();
         let f = &t.debug.fault;
         f.config.set(saved.config);
         f.rng.set(saved.rng);
@@ -198,12 +192,12 @@ impl<P: Platform> Core<P> {
 
     /// Failures injected on the calling thread since its innermost guard began.
     pub fn fault_injected(&self) -> u64 {
-        self.thread_fault().debug.fault.failed.get()
+        self.thread().debug.fault.failed.get()
     }
 
     /// Eligible allocations the calling thread made since its innermost guard began.
     pub fn fault_calls(&self) -> u64 {
-        self.thread_fault().debug.fault.calls.get()
+        self.thread().debug.fault.calls.get()
     }
 
     /// An injected failure: the reclaim pass a refused allocation in `eff` would get, then null.
@@ -213,7 +207,7 @@ impl<P: Platform> Core<P> {
         if eff.may_reclaim() {
             self.direct_reclaim_round(eff, &mut Attempt::new(size));
         }
-        let verbose = self.thread_fault().debug.fault.config.get().verbose;
+        let verbose = self.thread().debug.fault.config.get().verbose;
         if verbose && eff.warn() {
             crate::report::report(
                 &self.platform,

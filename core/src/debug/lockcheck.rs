@@ -131,11 +131,6 @@ impl Held {
 }
 
 impl<P: Platform> Core<P> {
-    fn lc_thread(&self) -> &ThreadCtx {
-        // SAFETY: the platform hands out the calling thread's context.
-        unsafe { &*self.platform.thread() }
-    }
-
     /// Call before taking (or trying) the lock `class` belongs to: checks the lock against the
     /// shrinker this thread runs, if any, and counts it as held until
     /// [`lock_release`](Self::lock_release). Checking *before* blocking is what lets the
@@ -154,7 +149,7 @@ impl<P: Platform> Core<P> {
     /// # }
     /// ```
     pub fn lock_acquire(&self, class: &LockClass, at: &'static Location<'static>) {
-        let t = self.lc_thread();
+        let t = self.thread();
         let h = &t.debug.locks;
         let (name, len, cbit) = h.shrinker.get();
         if cbit != 0 {
@@ -173,7 +168,7 @@ impl<P: Platform> Core<P> {
 
     /// Call after releasing the lock (or after a try that failed).
     pub fn lock_release(&self, class: &LockClass) {
-        let t = self.lc_thread();
+        let t = self.thread();
         let h = &t.debug.locks;
         let d = h.depth.get();
         if d == 0 {
@@ -207,7 +202,7 @@ impl<P: Platform> Core<P> {
     /// Marks the calling thread as running shrinker `s` until the mark drops: locks it takes
     /// meanwhile are "taken by" it.
     pub(crate) fn shrinker_mark<'a>(&'a self, s: &'a dyn Shrinker) -> ShrinkerMark<'a> {
-        let h = &self.lc_thread().debug.locks;
+        let h = &self.thread().debug.locks;
         let name = s.name();
         let old = h.shrinker.replace((name.as_ptr(), name.len(), bit(s.class())));
         ShrinkerMark { cell: &h.shrinker, old, _name: core::marker::PhantomData }
@@ -219,7 +214,7 @@ impl<P: Platform> Core<P> {
             let i = cbit.trailing_zeros() as usize;
             let mut site = ShrinkerSite { name: [0; NAME], len: name.len().min(NAME), declared };
             site.name[..site.len].copy_from_slice(&name[..site.len]);
-            let mut rec = st.record.lock_with(|| self.platform.relax());
+            let mut rec = self.lock(&st.record);
             rec.shrinker[i].get_or_insert(site);
         }
         self.lock_check(class);
@@ -247,7 +242,7 @@ impl<P: Platform> Core<P> {
                 let mut frames = [0; FRAMES];
                 let nframes = self.platform.backtrace(&mut frames);
                 let site = AllocSite { size, ctx: eff.gfp(), lock_at: h.at[i].get(), frames, nframes };
-                let mut rec = st.record.lock_with(|| self.platform.relax());
+                let mut rec = self.lock(&st.record);
                 for (k, c) in CLASSES.iter().enumerate() {
                     if new & bit(*c) != 0 {
                         rec.alloc[k].get_or_insert(site);
@@ -268,7 +263,7 @@ impl<P: Platform> Core<P> {
         }
         let k = both.trailing_zeros() as usize;
         let (alloc, shrinker) = {
-            let rec = st.record.lock_with(|| self.platform.relax());
+            let rec = self.lock(&st.record);
             (rec.alloc[k], rec.shrinker[k])
         };
         let (Some(a), Some(s)) = (alloc, shrinker) else { return };

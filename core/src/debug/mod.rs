@@ -29,7 +29,8 @@ pub(crate) mod lockcheck;
 pub(crate) mod tags;
 
 #[cfg(feature = "hooks")]
-use crate::gfp::{Effective, Gfp};
+use crate::gfp::Effective;
+use crate::gfp::Gfp;
 #[cfg(feature = "hooks")]
 use crate::platform::ThreadCtx;
 #[cfg(feature = "hooks")]
@@ -176,8 +177,19 @@ impl<P: Platform> Core<P> {
     #[cfg(feature = "hooks")]
     #[inline(always)]
     pub(crate) fn hooks_armed(&self) -> bool {
-        // SAFETY: the platform hands out the calling thread's context.
-        unsafe { (*self.platform.thread()).scope.armed() != 0 }
+        self.thread().scope.armed() != 0
+    }
+
+    /// `plain()` — through the hooked path when a hook wants this thread. For the allocation
+    /// entry points off the small-size fast path (which tests the byte on the context it holds).
+    #[inline(always)]
+    pub(crate) fn with_hooks(&self, size: usize, call: Gfp, plain: impl FnOnce() -> *mut u8) -> *mut u8 {
+        #[cfg(feature = "hooks")]
+        if self.hooks_armed() {
+            return self.alloc_hooked(size, call, plain);
+        }
+        let _ = (size, call);
+        plain()
     }
 
     /// The hooked allocation path (see the module documentation): `plain` makes the allocation.
@@ -185,23 +197,25 @@ impl<P: Platform> Core<P> {
     #[cold]
     #[inline(never)]
     pub(crate) fn alloc_hooked(&self, size: usize, call: Gfp, plain: impl FnOnce() -> *mut u8) -> *mut u8 {
-        let p = self.alloc_checked(size, call, plain);
+        let t = self.thread();
+        let p = self.alloc_checked(t, size, call, plain);
         #[cfg(feature = "tags")]
-        {
-            // SAFETY: the platform hands out the calling thread's context.
-            let t: &ThreadCtx = unsafe { &*self.platform.thread() };
-            if t.scope.armed() & ARM_TAG != 0 && !t.debug.busy.get() && !p.is_null() {
-                self.debug.tags.track(&self.platform, p.addr(), size, t.debug.tag.get());
-            }
+        if t.scope.armed() & ARM_TAG != 0 && !t.debug.busy.get() && !p.is_null() {
+            self.debug.tags.track(&self.platform, p.addr(), size, t.debug.tag.get());
         }
         p
     }
 
-    /// The checks of the hooked path — forbid, lockcheck, fault injection — then `plain`.
+    /// The checks of the hooked path — forbid, lockcheck, fault injection — then `plain`. `t` is
+    /// the calling thread's context.
     #[cfg(feature = "hooks")]
-    fn alloc_checked(&self, size: usize, call: Gfp, plain: impl FnOnce() -> *mut u8) -> *mut u8 {
-        // SAFETY: the platform hands out the calling thread's context.
-        let t: &ThreadCtx = unsafe { &*self.platform.thread() };
+    fn alloc_checked(
+        &self,
+        t: &ThreadCtx,
+        size: usize,
+        call: Gfp,
+        plain: impl FnOnce() -> *mut u8,
+    ) -> *mut u8 {
         if t.debug.busy.get() {
             return plain();
         }
@@ -239,14 +253,13 @@ impl<P: Platform> Core<P> {
         call: Gfp,
         plain: impl FnOnce() -> *mut u8,
     ) -> *mut u8 {
-        // SAFETY: the platform hands out the calling thread's context.
-        let t: &ThreadCtx = unsafe { &*self.platform.thread() };
+        let t = self.thread();
         if t.debug.busy.get() {
             return plain();
         }
         #[cfg(feature = "tags")]
         let old = self.debug.tags.untrack(&self.platform, ptr.addr());
-        let p = self.alloc_checked(new_size, call, || {
+        let p = self.alloc_checked(t, new_size, call, || {
             let _busy = Busy::enter(&t.debug.busy);
             plain()
         });
@@ -293,7 +306,7 @@ impl<P: Platform> Core<P> {
     #[cfg(feature = "tags")]
     #[cold]
     #[inline(never)]
-    fn untag(&self, ptr: *mut u8) {
+    pub(crate) fn untag(&self, ptr: *mut u8) {
         self.debug.tags.untrack(&self.platform, ptr.addr());
     }
 

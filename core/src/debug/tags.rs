@@ -26,6 +26,17 @@ struct Entry {
 
 const SIZE_BITS: u32 = 48;
 
+impl Entry {
+    fn pack(tag: u16, size: usize) -> u64 {
+        (u64::from(tag) << SIZE_BITS) | (size as u64 & ((1 << SIZE_BITS) - 1))
+    }
+
+    /// (tag, size) of a `meta`.
+    fn unpack(meta: u64) -> (u16, usize) {
+        ((meta >> SIZE_BITS) as u16, (meta & ((1 << SIZE_BITS) - 1)) as usize)
+    }
+}
+
 /// The address → (tag, size) table. Guarded by `Tags::table`.
 struct Table {
     slots: *mut Entry,
@@ -111,7 +122,7 @@ impl Tags {
         if (t.len + 1) * 2 > t.cap && !Self::grow(&mut t, platform) {
             return;
         }
-        let meta = (u64::from(tag) << SIZE_BITS) | (size as u64 & ((1 << SIZE_BITS) - 1));
+        let meta = Entry::pack(tag, size);
         let mut i = Self::hash(addr, t.cap);
         // SAFETY: `slots` holds `cap` entries; the load factor stays below 1/2, so a free slot
         // exists.
@@ -137,8 +148,9 @@ impl Tags {
     }
 
     fn sub(&self, meta: u64) {
-        let c = &self.counters[(meta >> SIZE_BITS) as usize];
-        c.bytes.fetch_sub((meta & ((1 << SIZE_BITS) - 1)) as usize, Ordering::Relaxed);
+        let (tag, size) = Entry::unpack(meta);
+        let c = &self.counters[tag as usize];
+        c.bytes.fetch_sub(size, Ordering::Relaxed);
         c.live.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -183,7 +195,7 @@ impl Tags {
             t.len -= 1;
             self.live.fetch_sub(1, Ordering::Relaxed);
             self.sub(found.meta);
-            Some(((found.meta >> SIZE_BITS) as u16, (found.meta & ((1 << SIZE_BITS) - 1)) as usize))
+            Some(Entry::unpack(found.meta))
         }
     }
 
@@ -270,8 +282,7 @@ impl<P: Platform> Core<P> {
     /// # }
     /// ```
     pub fn tag_set(&self, id: u16) -> u16 {
-        // SAFETY: the platform hands out the calling thread's context.
-        let t = unsafe { &*self.platform.thread() };
+        let t = self.thread();
         let prev = t.debug.tag.replace(id);
         t.scope.set_armed(super::ARM_TAG, id != 0);
         prev

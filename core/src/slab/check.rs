@@ -38,20 +38,16 @@ impl<P: Platform> Core<P> {
             let mut n = 1;
             let mut tail = remote;
             loop {
+                if n > used {
+                    self.repair_page(page, remote);
+                    return;
+                }
                 let next = Block::next(tail);
                 if next.is_null() {
                     break;
                 }
                 n += 1;
-                if n > used {
-                    self.repair_page(page, remote);
-                    return;
-                }
                 tail = next;
-            }
-            if n > used {
-                self.repair_page(page, remote);
-                return;
             }
             Block::set_next(tail, (*page).local_free);
             (*page).local_free = remote;

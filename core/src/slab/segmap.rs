@@ -114,23 +114,19 @@ impl SegMap {
 }
 
 impl SegMap {
-    /// [`contains`](Self::contains) for the `hardened` free fast path: most programs' segments
-    /// all lie under the inline leaf (128 GiB of address space), found with one compare.
+    /// Whether `addr` lies in a live segment under the inline leaf — for the `hardened` free
+    /// fast path: most programs' segments all lie there (128 GiB of address space), found with
+    /// one compare and one load. `false` is not final: the caller asks [`contains`](Self::contains)
+    /// out of line.
     #[cfg(feature = "hardened")]
     #[inline(always)]
     pub(crate) fn contains_fast(&self, addr: usize) -> bool {
         let seg = addr >> SEGMENT_SHIFT;
-        if seg >> LEAF_SHIFT == self.first_top.load(Ordering::Acquire) {
-            let within = seg & ((1 << LEAF_SHIFT) - 1);
-            return self.first[within / WORD_BITS].load(Ordering::Relaxed) & (1 << (within % WORD_BITS)) != 0;
+        if seg >> LEAF_SHIFT != self.first_top.load(Ordering::Acquire) {
+            return false;
         }
-        self.contains_slow(addr)
-    }
-
-    #[cfg(feature = "hardened")]
-    #[inline(never)]
-    fn contains_slow(&self, addr: usize) -> bool {
-        self.contains(addr)
+        let within = seg & ((1 << LEAF_SHIFT) - 1);
+        self.first[within / WORD_BITS].load(Ordering::Relaxed) & (1 << (within % WORD_BITS)) != 0
     }
 
     /// Calls `f` with the base address of every segment marked live. For audits: the caller
