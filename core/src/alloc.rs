@@ -7,6 +7,7 @@
 //! so a free always reaches the backend that owns the pointer.
 
 use crate::gfp::{Effective, Gfp};
+use crate::lock::{deferred, CallOuts, Lock, LockGuard};
 use crate::page::Accounting;
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::Reclaim;
@@ -20,7 +21,7 @@ use crate::slab::remote::Block;
 use crate::slab::segmap::SegMap;
 use crate::slab::segment::PageHeap;
 use crate::stats::{Bytes, Counters, Limit};
-use crate::sync::{AtomicUsize, Ordering, SpinGuard, SpinLock};
+use crate::sync::{AtomicUsize, Ordering};
 use crate::vmap::Registry;
 use crate::Platform;
 use core::alloc::Layout;
@@ -32,7 +33,9 @@ use core::ptr::{self, NonNull};
 ///
 /// Locks, in the order they nest: `orphan` → `heaps` → `abandoned` → `vmap` → `pages` (and, with
 /// the `tags` feature, the tag names and the tag table, taken alone). None is held across a call
-/// that could reclaim, wait, or allocate through the global allocator.
+/// out of the allocator — a platform hook, a futex wait or wake, a report — nor across a call
+/// that could reclaim, wait, or allocate: what such a call would do is recorded and done once
+/// the lock is released (see `lock`).
 ///
 /// ```
 /// # #[cfg(feature = "mock")] {
@@ -57,20 +60,24 @@ pub struct Core<P: Platform> {
     pub(crate) acct: Accounting,
     // The five locks below nest only in this order: orphan → heaps → abandoned → vmap → pages
     // (`fork_prepare` takes them so). A path holding one may take a later one, never an
-    // earlier; none is held across a shrinker call or a wait.
+    // earlier; none is held across a call out of the allocator (a platform hook — `map`,
+    // `unmap`, `purge`, `remap`, thread start or wake, futex —, a report, a shrinker call, a
+    // wait): work found under a lock is recorded in the thread's `LockState` and done by the
+    // guard that releases the thread's last lock. Only the thread context, the clock and the
+    // spin hook are used under them.
     /// Segments and spans.
-    pub(crate) pages: SpinLock<PageHeap>,
+    pub(crate) pages: Lock<PageHeap>,
     /// Which addresses are live segments (for [`kfree`](Self::kfree)); written under `pages`,
     /// read by anyone.
     pub(crate) segmap: SegMap,
     /// Pages of exited threads.
-    pub(crate) abandoned: SpinLock<Abandoned>,
+    pub(crate) abandoned: Lock<Abandoned>,
     /// Heaps not owned by a thread, and every heap.
-    pub(crate) heaps: SpinLock<HeapPool>,
+    pub(crate) heaps: Lock<HeapPool>,
     /// The heap of exited threads.
-    pub(crate) orphan: SpinLock<OrphanSlot>,
+    pub(crate) orphan: Lock<OrphanSlot>,
     /// Live vmap areas.
-    pub(crate) vmap: SpinLock<Registry>,
+    pub(crate) vmap: Lock<Registry>,
     /// Live kvmalloc fallbacks: vmap areas serving a slab-sized layout (`alloc_with`, R2.9).
     /// While it is zero — always, in programs that never hit the fallback — frees of
     /// slab-sized layouts go straight to the slab. Incremented before such an area is handed
@@ -123,12 +130,12 @@ impl<P: Platform> Core<P> {
         Core {
             platform,
             acct: Accounting::new(),
-            pages: SpinLock::new(PageHeap::new()),
+            pages: Lock::held_across_fork("pages", PageHeap::new()),
             segmap: SegMap::new(),
-            abandoned: SpinLock::new(Abandoned::new()),
-            heaps: SpinLock::new(HeapPool::new()),
-            orphan: SpinLock::new(OrphanSlot(ptr::null_mut())),
-            vmap: SpinLock::new(Registry::new()),
+            abandoned: Lock::held_across_fork("abandoned", Abandoned::new()),
+            heaps: Lock::held_across_fork("heaps", HeapPool::new()),
+            orphan: Lock::held_across_fork("orphan", OrphanSlot(ptr::null_mut())),
+            vmap: Lock::held_across_fork("vmap", Registry::new()),
             kv_live: AtomicUsize::new(0),
             reclaim: Reclaim::new(),
             counters: Counters::new(),
@@ -143,9 +150,44 @@ impl<P: Platform> Core<P> {
         &self.platform
     }
 
+    /// Takes one of the allocator's locks for the calling thread (counted: see `lock`).
     #[inline]
-    pub(crate) fn lock<'a, T>(&'a self, l: &'a SpinLock<T>) -> SpinGuard<'a, T> {
-        l.lock_with(|| self.platform.relax())
+    pub(crate) fn lock<'a, T>(&'a self, l: &'a Lock<T>) -> LockGuard<'a, T> {
+        l.lock(self.thread(), self, || self.platform.relax())
+    }
+
+    /// The platform, for a call out of the allocator named `what`: in debug builds, a call made
+    /// while the thread holds an allocator lock is reported and the process aborts (it could
+    /// come back for that lock).
+    #[inline(always)]
+    pub(crate) fn out(&self, what: &'static str) -> &P {
+        crate::lock::check_call_out(&self.platform, what);
+        &self.platform
+    }
+
+    /// Debug builds: whether the entry point named `entry` was reached while the calling thread
+    /// (context `t`) holds an allocator lock — a call out under the lock came back into the
+    /// allocator. Reported, then the process aborts: it would otherwise spin for ever on its
+    /// own lock. Release builds: nothing.
+    #[inline(always)]
+    fn check_entry(&self, t: *const ThreadCtx, entry: &'static str) {
+        #[cfg(debug_assertions)]
+        {
+            // SAFETY: the platform hands out the calling thread's context.
+            let t = unsafe { &*t };
+            if t.locks.locked() {
+                crate::lock::violation(&self.platform, t, "entered the allocator through", entry);
+            }
+        }
+        let _ = (t, entry);
+    }
+
+    /// [`check_entry`](Self::check_entry) for an entry point without the context in hand.
+    #[inline(always)]
+    fn entry(&self, entry: &'static str) {
+        #[cfg(debug_assertions)]
+        self.check_entry(self.platform.thread(), entry);
+        let _ = entry;
     }
 
     // ---------------------------------------------------------------------------------------
@@ -191,6 +233,7 @@ impl<P: Platform> Core<P> {
     /// layout of its last realloc).
     #[inline(always)]
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        self.entry("dealloc");
         #[cfg(feature = "tags")]
         if self.debug.tags.any_live() {
             // SAFETY: forwarded.
@@ -249,6 +292,7 @@ impl<P: Platform> Core<P> {
     #[inline(always)]
     unsafe fn alloc_small(&self, size: usize) -> *mut u8 {
         let t = self.platform.thread();
+        self.check_entry(t, "alloc");
         #[cfg(feature = "hooks")]
         // SAFETY: the platform hands out the calling thread's context.
         if unsafe { (*t).scope.armed() } != 0 {
@@ -461,6 +505,7 @@ impl<P: Platform> Core<P> {
     /// As [`alloc`](Self::alloc).
     #[track_caller]
     pub(crate) unsafe fn alloc_gfp(&self, layout: Layout, call: Gfp) -> *mut u8 {
+        self.entry("alloc");
         match class_for(layout.size(), layout.align()) {
             // SAFETY: the class serves the layout.
             Some(class) => unsafe { self.alloc_class(class, layout.size(), call) },
@@ -591,6 +636,7 @@ impl<P: Platform> Core<P> {
     /// As `GlobalAlloc::realloc`; `new_size` rounded up to `layout.align()` must not overflow
     /// `isize`.
     pub unsafe fn realloc_gfp(&self, ptr: *mut u8, layout: Layout, new_size: usize, call: Gfp) -> *mut u8 {
+        self.entry("realloc");
         #[cfg(feature = "hooks")]
         if self.hooks_armed() || self.tags_live() {
             // SAFETY: forwarded.
@@ -718,6 +764,7 @@ impl<P: Platform> Core<P> {
     /// `ptr` is null, a live block of this allocator that the caller gives up, or a pointer this
     /// allocator never handed out. (A slab block freed twice is not detected here.)
     pub unsafe fn kfree(&self, ptr: *mut u8) {
+        self.entry("kfree");
         if ptr.is_null() {
             return;
         }
@@ -754,6 +801,7 @@ impl<P: Platform> Core<P> {
     /// # }
     /// ```
     pub fn ksize(&self, ptr: *const u8) -> usize {
+        self.entry("ksize");
         if ptr.is_null() {
             return 0;
         }
@@ -786,6 +834,7 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `ptr` is null or a live block of this allocator; `new_size` ≤ `isize::MAX`.
     pub unsafe fn krealloc(&self, ptr: *mut u8, new_size: usize, call: Gfp) -> *mut u8 {
+        self.entry("krealloc");
         #[cfg(feature = "hooks")]
         if !ptr.is_null() && (self.hooks_armed() || self.tags_live()) {
             // SAFETY: forwarded.
@@ -983,6 +1032,7 @@ impl<P: Platform> Core<P> {
     /// Gives back what the allocator keeps only to go faster: the calling thread's empty pages,
     /// the spare segment, the cached large areas, and the physical memory of free slices.
     pub fn trim(&self) {
+        self.entry("trim");
         let heap = self.thread().heap.get();
         if heap != Heap::empty() {
             // SAFETY: the calling thread's live heap.
@@ -990,6 +1040,9 @@ impl<P: Platform> Core<P> {
         }
         self.area_cache_flush(false);
         self.pages_trim();
+        // Nothing waits for a purge now: a background thread sleeping out the purge delay
+        // looks again (and, idle, exits) instead of sleeping it out.
+        self.nudge_background();
     }
 
     /// Call when the calling thread exits (the std shim does, from a thread-local destructor):
@@ -1011,15 +1064,20 @@ impl<P: Platform> Core<P> {
     }
 
     /// `pthread_atfork` prepare: takes every lock, in order, so that no other thread holds one
-    /// when the process forks.
+    /// when the process forks. Until [`fork_parent`](Self::fork_parent) or
+    /// [`fork_child`](Self::fork_child), the calling thread's own allocations (another
+    /// `atfork` handler's, the C library's) go through the locks it keeps; the call-outs they
+    /// find wait until the locks are released.
     pub fn fork_prepare(&self) {
-        core::mem::forget(self.lock(&self.orphan));
-        core::mem::forget(self.lock(&self.heaps));
-        core::mem::forget(self.lock(&self.abandoned));
-        core::mem::forget(self.lock(&self.vmap));
-        core::mem::forget(self.lock(&self.pages));
+        let relax = || self.platform.relax();
+        self.orphan.fork_acquire(relax);
+        self.heaps.fork_acquire(relax);
+        self.abandoned.fork_acquire(relax);
+        self.vmap.fork_acquire(relax);
+        self.pages.fork_acquire(relax);
         #[cfg(feature = "tags")]
-        self.debug.tags.fork_prepare(&self.platform);
+        self.debug.tags.fork_prepare(relax);
+        self.thread().locks.set_forking(true);
     }
 
     /// `pthread_atfork` parent: releases what [`fork_prepare`](Self::fork_prepare) took.
@@ -1062,17 +1120,54 @@ impl<P: Platform> Core<P> {
     }
 
     /// # Safety
-    /// The calling thread holds every lock through forgotten guards.
+    /// The calling thread took every lock in [`fork_prepare`](Self::fork_prepare) and has not
+    /// released them since.
     unsafe fn release_all(&self) {
+        let t = self.thread();
+        t.locks.set_forking(false);
         // SAFETY: per the contract.
         unsafe {
             #[cfg(feature = "tags")]
             self.debug.tags.fork_release();
-            self.pages.unlock_forgotten();
-            self.vmap.unlock_forgotten();
-            self.abandoned.unlock_forgotten();
-            self.heaps.unlock_forgotten();
-            self.orphan.unlock_forgotten();
+            self.pages.fork_release();
+            self.vmap.fork_release();
+            self.abandoned.fork_release();
+            self.heaps.fork_release();
+            self.orphan.fork_release();
+        }
+        // What the thread's allocations found to do while it held them.
+        if t.locks.pending() {
+            self.run_deferred(t);
+        }
+    }
+}
+
+impl<P: Platform> CallOuts for Core<P> {
+    /// The call-outs found while the thread held an allocator lock: the reports of bad frees
+    /// first, then the wakes; then, if a bad free under `hardened` asked for it, the abort. What
+    /// they do may defer more (a thread start allocates, and frees under a lock): until none.
+    fn run_deferred(&self, t: &ThreadCtx) {
+        debug_assert!(t.locks.may_call_out());
+        while t.locks.pending() {
+            let d = t.locks.take();
+            for &(addr, why) in &d.bad_frees[..d.bad_len] {
+                self.report_bad_free(addr, None, why);
+            }
+            if d.bad_more != 0 {
+                report(
+                    &self.platform,
+                    format_args!("ctxalloc: {} more bad frees found at the same time", d.bad_more),
+                );
+            }
+            if d.work & deferred::WAKE_WAITERS != 0 {
+                self.out("wake_all").wake_all(&self.reclaim.freed_seq);
+            }
+            if d.work & deferred::WAKE_BACKGROUND != 0 {
+                self.wake_background_now();
+            }
+            if d.work & deferred::ABORT != 0 {
+                self.platform.abort();
+            }
         }
     }
 }

@@ -10,6 +10,9 @@
 //! ```text
 //!  gfp, scope        flags, the effective-context rule, the context word and its scopes
 //!  size_class        16 B … 64 KiB, eight classes per doubling
+//!  lock              the allocator's locks, counted per thread: no lock is held across a call
+//!                    out of the allocator (work found under one is done after it; debug
+//!                    builds abort on a violation)
 //!  slab::remote      the lock-free remote-free list                   (loom-checked)
 //!  slab::page        one slab page and its three free lists
 //!  slab::segment     the page heap: 4 MiB segments, 64 KiB slices, commit/purge accounting
@@ -69,6 +72,8 @@ mod debug;
 mod gfp;
 #[cfg(all(feature = "hardened", not(loom)))]
 mod hardened;
+#[cfg(not(loom))]
+mod lock;
 #[cfg(not(loom))]
 mod mempool;
 #[cfg(all(any(test, feature = "mock"), not(loom)))]

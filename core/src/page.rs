@@ -198,7 +198,7 @@ impl<P: Platform> Core<P> {
     /// As [`Platform::map`].
     pub(crate) unsafe fn os_map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded.
-        let p = unsafe { self.platform.map(len, align) };
+        let p = unsafe { self.out("map").map(len, align) };
         if let Some(p) = p {
             self.counters.os_maps.fetch_add(1, Ordering::Relaxed);
             crate::track::unpoison(p.as_ptr(), len);
@@ -214,6 +214,6 @@ impl<P: Platform> Core<P> {
         self.counters.os_unmaps.fetch_add(1, Ordering::Relaxed);
         crate::track::unpoison(ptr.as_ptr(), len);
         // SAFETY: forwarded.
-        unsafe { self.platform.unmap(ptr, len) }
+        unsafe { self.out("unmap").unmap(ptr, len) }
     }
 }

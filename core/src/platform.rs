@@ -5,6 +5,7 @@
 //! with per-CPU (or per-task) words and a static region; the `mock` platform with an in-memory
 //! arena. The core never calls anything else.
 
+use crate::lock::LockState;
 use crate::scope::ScopeState;
 use crate::slab::heap::{Heap, EMPTY_HEAP};
 use core::cell::Cell;
@@ -24,6 +25,9 @@ pub struct ThreadCtx {
     pub(crate) state: Cell<u8>,
     /// The context word and the scope stack.
     pub(crate) scope: ScopeState,
+    /// The allocator locks the thread holds, and the call-outs it put off until it holds none
+    /// (`lock`: the rule that no lock is held across a call out of the allocator).
+    pub(crate) locks: LockState,
     /// The debugging hooks' per-thread state (see `debug`); next to nothing without them.
     #[cfg_attr(not(feature = "hooks"), allow(dead_code))]
     pub(crate) debug: crate::debug::DebugCtx,
@@ -55,6 +59,7 @@ impl ThreadCtx {
             heap: Cell::new(&raw const EMPTY_HEAP as *mut Heap),
             state: Cell::new(ThreadState::New as u8),
             scope: ScopeState::new(),
+            locks: LockState::new(),
             debug: crate::debug::DebugCtx::new(),
         }
     }
@@ -92,7 +97,27 @@ impl ThreadCtx {
 /// * [`unmap`](Platform::unmap), [`purge`](Platform::purge) and [`remap`](Platform::remap) act only
 ///   on what they are given, which is always a whole mapping (or, for `purge`, a page-aligned part
 ///   of one).
-/// * No method allocates through the global allocator, unwinds, or calls back into the core.
+/// * No method unwinds. `thread`, `ptr_from_addr`, `now_ns` and `relax` never allocate and
+///   never call into the core; the others do not allocate through the global allocator either,
+///   except where the environment makes them (a C library's thread start allocates through
+///   `malloc`, which may be this allocator) — see below.
+///
+/// # What the core calls when
+///
+/// The core never holds one of its locks across a call of this trait, except for the four
+/// methods that cannot leave the allocator's own state: [`thread`](Platform::thread),
+/// [`ptr_from_addr`](Platform::ptr_from_addr), [`now_ns`](Platform::now_ns) and
+/// [`relax`](Platform::relax). Every other method — `map`, `unmap`, `purge`, `remap`,
+/// `report`, `wait`, `wake_all`, `background_wanted`, `thread_attached`, `backtrace`,
+/// `describe_addr` — is called with no allocator lock held, so an implementation may do what
+/// a C library does there (start a thread, take the loader's lock, write to a pipe that is
+/// full) even where that allocates through this very allocator. Work the core finds under a
+/// lock (a wake, a report) is done once the lock is released. Debug builds check it: a call of
+/// one of those methods, or an entry into the allocator, while the calling thread holds an
+/// allocator lock is reported with the lock's name and aborts the process. ([`abort`] may be
+/// called anywhere.)
+///
+/// [`abort`]: Platform::abort
 pub unsafe trait Platform: Sync {
     /// The page size: a power of two, at least 4096.
     const PAGE_SIZE: usize = 4096;
@@ -163,11 +188,12 @@ pub unsafe trait Platform: Sync {
     /// Wakes every waiter on `word`.
     fn wake_all(&self, word: &AtomicU32);
 
-    /// Called (from an allocation's slow path, with no allocator lock held) when background
-    /// reclaim is wanted: a platform that has a background thread makes sure it is running; it
-    /// sleeps in [`Core::background_wait`](crate::Core::background_wait) and calls
-    /// [`Core::background_reclaim`](crate::Core::background_reclaim). Must not allocate through
-    /// the global allocator.
+    /// Called (from an allocation's or a free's slow path, with no allocator lock held) when
+    /// background reclaim is wanted, or freed memory waits for its purge: a platform that has a
+    /// background thread makes sure it is running; it sleeps in
+    /// [`Core::background_wait`](crate::Core::background_wait) and calls
+    /// [`Core::background_reclaim`](crate::Core::background_reclaim). Starting the thread may
+    /// allocate through this allocator (in a C program, `pthread_create` does).
     fn background_wanted(&self) {}
 
     /// Ends the process (or halts the machine) at once, without unwinding: for a corrupted heap

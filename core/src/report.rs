@@ -51,8 +51,17 @@ impl Write for ReportBuf {
     }
 }
 
-/// Formats `args` as one line and writes it through the platform.
+/// Formats `args` as one line and writes it through the platform. A call out of the allocator:
+/// never under one of its locks (debug builds check).
 pub fn report<P: Platform>(platform: &P, args: fmt::Arguments<'_>) {
+    crate::lock::check_call_out(platform, "report");
+    report_fatal(platform, args);
+}
+
+/// [`report`] for a report the process does not survive (it aborts right after): written also
+/// under an allocator lock — the process ends either way, and [`Platform::report`] never
+/// allocates.
+pub(crate) fn report_fatal<P: Platform>(platform: &P, args: fmt::Arguments<'_>) {
     let mut b = ReportBuf::new();
     let _ = b.write_fmt(args);
     if !b.as_str().ends_with('\n') {

@@ -128,6 +128,13 @@ impl<T> SpinLock<T> {
         }
     }
 
+    /// The protected value, for a guard that holds the lock without a `SpinGuard` (the core's
+    /// counted locks).
+    #[inline(always)]
+    pub(crate) fn data_ptr(&self) -> *mut T {
+        self.value.get()
+    }
+
     /// Marks the lock free without a guard: for the child of `fork`, where the thread that held
     /// the lock no longer exists.
     ///

@@ -451,7 +451,7 @@ impl<P: Platform> Core<P> {
             if grow == 0 || self.charge(grow, eff) {
                 // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded.
                 let moved = unsafe {
-                    self.platform.remap(
+                    self.out("remap").remap(
                         NonNull::new_unchecked(self.platform.ptr_from_addr(ptr.addr())),
                         old_len,
                         new_len,
@@ -514,14 +514,26 @@ impl<P: Platform> Core<P> {
     }
 
     /// Counts and reports a free the allocator cannot match to a live allocation (`layout` is
-    /// `None` for frees without a size).
-    pub(crate) fn bad_free(&self, ptr: *mut u8, layout: Option<Layout>, why: &str) {
+    /// `None` for frees without a size). Found under an allocator lock (the slab's list checks),
+    /// the report waits until the lock is released.
+    pub(crate) fn bad_free(&self, ptr: *mut u8, layout: Option<Layout>, why: &'static str) {
         self.counters.bad_frees.fetch_add(1, Ordering::Relaxed);
+        let t = self.thread();
+        if t.locks.may_call_out() {
+            self.report_bad_free(ptr.addr(), layout, why);
+        } else {
+            t.locks.defer_bad_free(ptr.addr(), why);
+        }
+    }
+
+    /// The report of a bad free (the caller holds no allocator lock).
+    pub(crate) fn report_bad_free(&self, addr: usize, layout: Option<Layout>, why: &str) {
         crate::report::report(
             &self.platform,
             format_args!(
-                "ctxalloc: free of {ptr:p} ({}) ignored: {why} — a double free or a pointer from \
+                "ctxalloc: free of {:p} ({}) ignored: {why} — a double free or a pointer from \
                  another allocator",
+                ptr::without_provenance::<u8>(addr),
                 Shown(layout)
             ),
         );

@@ -3,8 +3,9 @@
 //! foreign free it makes must be reported with its address, and the interposition log must
 //! show its calls.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The library cargo built for this test: the lib target is also an `rlib`, so cargo builds it
 /// (both crate types, into `deps/` next to this test binary) before running the test; a
@@ -20,17 +21,15 @@ fn library() -> PathBuf {
     found.unwrap_or_else(|| panic!("libctxalloc_preload.so not built: looked for {candidates:?}")).clone()
 }
 
-#[test]
-fn the_c_api_and_the_malloc_family_under_ld_preload() {
-    let lib = library();
+/// Compiles `tests/c/<name>.c` against the header and the library; returns the program.
+fn compile(name: &str, lib: &Path) -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let exe = out_dir.join("ctxalloc-c-api");
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ctxalloc-c-{name}"));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let build = Command::new(&cc)
         .args(["-std=c11", "-O1", "-g", "-Wall", "-Werror", "-pthread", "-I"])
         .arg(here.join("include"))
-        .arg(here.join("tests/c/api.c"))
+        .arg(here.join(format!("tests/c/{name}.c")))
         .arg("-o")
         .arg(&exe)
         .arg(format!("-L{}", lib.parent().unwrap().display()))
@@ -39,6 +38,14 @@ fn the_c_api_and_the_malloc_family_under_ld_preload() {
         .output()
         .expect("running the C compiler");
     assert!(build.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&build.stderr));
+    exe
+}
+
+#[test]
+fn the_c_api_and_the_malloc_family_under_ld_preload() {
+    let lib = library();
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let exe = compile("api", &lib);
 
     let log = out_dir.join("c-api.log");
     let _ = std::fs::remove_file(&log);
@@ -75,4 +82,33 @@ fn the_c_api_and_the_malloc_family_under_ld_preload() {
         .unwrap_or(0);
     assert!(calls > 100_000, "{line}");
     assert!(line.contains("bad-frees 1"), "{line}");
+}
+
+/// The thread-exit hang of mimalloc-bench's xmalloc-test, as a regression test: threads that
+/// allocate and exit while others free their blocks, 200 rounds, the background thread idling
+/// out (1 ms) and started again in between. A round that prints nothing for 30 s is a hang: the
+/// program's stacks are in the failure. The library is the test build, so the debug guard
+/// (no call out under an allocator lock) is on.
+#[test]
+fn threads_exit_while_others_free_their_blocks_and_the_background_thread_restarts() {
+    let lib = library();
+    let exe = compile("thread_exit", &lib);
+    let run = ctxalloc_tests::run_watched(
+        Command::new(&exe).env("LD_PRELOAD", &lib).env("CTXALLOC_BACKGROUND_IDLE", "1ms"),
+        Duration::from_secs(900),
+        Some(Duration::from_secs(30)),
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{}\n{stdout}\n{stderr}", run.status);
+    assert!(!stderr.contains("ctxalloc:"), "{stderr}");
+    let last = stdout.lines().last().unwrap_or("");
+    let restarted: usize = last
+        .strip_prefix("rounds 200 restarted ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line: {stdout}"));
+    // The exits of a round start a background thread again (it lives for the purge delay,
+    // 200 ms, past the round's end): in most rounds it is seen.
+    assert!(restarted >= 100, "the background thread restarted in only {restarted} of 200 rounds\n{last}");
 }

@@ -1,4 +1,4 @@
-//! Parsing `CTXALLOC_LIMIT` without allocating.
+//! Parsing environment values (`CTXALLOC_LIMIT`, `CTXALLOC_BACKGROUND_IDLE`) without allocating.
 
 /// A whole number of bytes with an optional `K`/`M`/`G`/`T` suffix (`512M`, `2G`; binary
 /// multiples, either case, optionally followed by `B` or `iB`), surrounding blanks allowed.
@@ -44,9 +44,45 @@ pub(crate) fn parse_limit(v: &[u8]) -> Result<Option<usize>, ()> {
     Ok(Some(n))
 }
 
+/// A duration: a whole number with a unit — `ns`, `us`, `ms` or `s` — surrounding blanks
+/// allowed; `0` needs none. In nanoseconds; `Err` for anything else and on overflow.
+pub(crate) fn parse_duration_ns(v: &[u8]) -> Result<u64, ()> {
+    let v = v.trim_ascii();
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(());
+    }
+    let mut n: u64 = 0;
+    for &d in &v[..digits] {
+        n = n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))).ok_or(())?;
+    }
+    let unit = v[digits..].trim_ascii_start();
+    let scale = match unit {
+        b"" if n == 0 => 1,
+        b"ns" => 1,
+        b"us" => 1_000,
+        b"ms" => 1_000_000,
+        b"s" => 1_000_000_000,
+        _ => return Err(()),
+    };
+    n.checked_mul(scale).ok_or(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_limit;
+    use super::{parse_duration_ns, parse_limit};
+
+    #[test]
+    fn durations_parse_with_their_unit() {
+        assert_eq!(parse_duration_ns(b"0"), Ok(0));
+        assert_eq!(parse_duration_ns(b"1ms"), Ok(1_000_000));
+        assert_eq!(parse_duration_ns(b" 2 s "), Ok(2_000_000_000));
+        assert_eq!(parse_duration_ns(b"150us"), Ok(150_000));
+        assert_eq!(parse_duration_ns(b"7ns"), Ok(7));
+        for bad in [&b"5"[..], b"ms", b"1.5s", b"-1ms", b"3 min", b"99999999999999999999s", b""] {
+            assert_eq!(parse_duration_ns(bad), Err(()), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn sizes_parse() {

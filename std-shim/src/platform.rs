@@ -5,7 +5,7 @@
 use crate::CORE;
 use ctxalloc_core::{BackgroundThread, Platform, ThreadCtx};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 const PAGE: usize = 4096;
 
@@ -65,7 +65,8 @@ pub(crate) fn start_background() {
 /// gives back free memory that has waited `PURGE_DELAY_NS` (an idle program shrinks). Started
 /// by the first limit or the first free page.
 ///
-/// It exits once it has had nothing to do for [`IDLE_EXIT_NS`], and the next wake starts a
+/// It exits once it has had nothing to do for [`IDLE_EXIT_NS`] (`CTXALLOC_BACKGROUND_IDLE`),
+/// and the next wake starts a
 /// new one: a process whose threads all end with `pthread_exit` ends when the last one does,
 /// instead of living on for a thread it never created (seen under LD_PRELOAD: CPython's
 /// `test_threading` forks from a thread, and the child's last thread calls `pthread_exit`).
@@ -79,7 +80,8 @@ extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
         // Dirty memory that has waited is given back; while some is waiting, look again
         // after the purge delay, else wait for a wake until the idle timeout.
         let pending = CORE.purge_aged();
-        let timeout = if pending { ctxalloc_core::PURGE_DELAY_NS } else { IDLE_EXIT_NS };
+        let timeout =
+            if pending { ctxalloc_core::PURGE_DELAY_NS } else { IDLE_EXIT_NS.load(Ordering::Relaxed) };
         if CORE.background_wait(timeout) {
             CORE.background_reclaim();
             continue;
@@ -94,45 +96,60 @@ extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
     }
 }
 
-/// How long the background thread waits for work before it exits.
-const IDLE_EXIT_NS: u64 = 1_000_000_000;
+/// How long the background thread waits for work before it exits: 1 s, or
+/// `CTXALLOC_BACKGROUND_IDLE` (tests make it short so that the thread idles out and is started
+/// again often).
+static IDLE_EXIT_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
 
-/// Reads the environment without allocating: `CTXALLOC_BACKGROUND=off`, and `CTXALLOC_LIMIT`
-/// (a value that does not parse is reported and ignored).
+/// Writes a one-line warning about an environment value that is not used, without allocating:
+/// `ctxalloc: ignoring NAME="value": expected …`.
+fn warn_env(name: &str, value: &[u8], expected: &str) {
+    let mut b = ctxalloc_core::report::ReportBuf::new();
+    let shown = std::str::from_utf8(&value[..value.len().min(64)]).unwrap_or("(not UTF-8)");
+    let _ = std::fmt::Write::write_fmt(
+        &mut b,
+        format_args!("ctxalloc: ignoring {name}={shown:?}: expected {expected}\n"),
+    );
+    StdPlatform.report(b.as_str());
+}
+
+/// The value of the environment variable `name`, without allocating.
+fn getenv(name: &std::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: a NUL-terminated name; the result is null or a NUL-terminated string that stays
+    // valid while nobody calls setenv (which a program does not do while allocating for the
+    // first time).
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: as above.
+    (!v.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes())
+}
+
+/// Reads the environment without allocating: `CTXALLOC_BACKGROUND=off`,
+/// `CTXALLOC_BACKGROUND_IDLE` and `CTXALLOC_LIMIT` (a value that does not parse is reported and
+/// ignored).
 fn read_environment() {
-    // SAFETY: as below.
-    let bg = unsafe { libc::getenv(c"CTXALLOC_BACKGROUND".as_ptr()) };
-    if !bg.is_null() {
-        // SAFETY: a NUL-terminated string from the environment.
-        let v = unsafe { std::ffi::CStr::from_ptr(bg) }.to_bytes();
+    if let Some(v) = getenv(c"CTXALLOC_BACKGROUND_IDLE") {
+        match crate::env::parse_duration_ns(v) {
+            Ok(ns) => IDLE_EXIT_NS.store(ns, Ordering::Relaxed),
+            Err(()) => warn_env(
+                "CTXALLOC_BACKGROUND_IDLE",
+                v,
+                "a duration with a unit (500ms, 2s, 100us) or 0; the background thread idles out after 1 s",
+            ),
+        }
+    }
+    if let Some(v) = getenv(c"CTXALLOC_BACKGROUND") {
         if matches!(v, b"off" | b"0" | b"no" | b"false") {
             BACKGROUND_OFF.store(true, Ordering::Release);
         }
     }
-    // SAFETY: a NUL-terminated name; the result is null or a NUL-terminated string that stays
-    // valid while nobody calls setenv (which a program does not do while allocating for the
-    // first time).
-    let v = unsafe { libc::getenv(c"CTXALLOC_LIMIT".as_ptr()) };
-    if v.is_null() {
-        return;
-    }
-    // SAFETY: as above.
-    let bytes = unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes();
-    match crate::env::parse_limit(bytes) {
-        Ok(limit) => {
-            CORE.set_limit(limit);
-        }
-        Err(()) => {
-            let mut b = ctxalloc_core::report::ReportBuf::new();
-            let shown = std::str::from_utf8(&bytes[..bytes.len().min(64)]).unwrap_or("(not UTF-8)");
-            let _ = std::fmt::Write::write_fmt(
-                &mut b,
-                format_args!(
-                    "ctxalloc: ignoring CTXALLOC_LIMIT={shown:?}: expected a size in bytes with an \
-                     optional K, M, G or T suffix (512M, 2G), or \"none\"\n"
-                ),
-            );
-            StdPlatform.report(b.as_str());
+    if let Some(v) = getenv(c"CTXALLOC_LIMIT") {
+        match crate::env::parse_limit(v) {
+            Ok(limit) => CORE.set_limit(limit),
+            Err(()) => warn_env(
+                "CTXALLOC_LIMIT",
+                v,
+                "a size in bytes with an optional K, M, G or T suffix (512M, 2G), or \"none\"",
+            ),
         }
     }
 }

@@ -221,62 +221,94 @@ pub const CHILD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3
 /// [`run_child`] with extra environment variables.
 ///
 /// A child still running after [`CHILD_DEADLINE`] is killed; if `gdb` is installed, every
-/// thread's stack is captured first and appended to the child's stderr.
+/// thread's stack is captured first and appended to the child's stderr (see [`run_watched`]).
 pub fn run_child_env(test: &str, env: &[(&str, &str)]) -> Output {
-    use std::io::Read;
-    use std::process::Stdio;
-    use std::sync::mpsc;
     let mut c = Command::new(std::env::current_exe().expect("test binary path"));
     c.args(["--exact", test, "--nocapture", "--test-threads=1"]).env(CHILD_ENV, test);
     for (k, v) in env {
         c.env(k, v);
     }
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawning the child test process");
+    run_watched(&mut c, CHILD_DEADLINE, None)
+}
+
+/// Runs `cmd` to its end and returns its output. It counts as hung when it runs past
+/// `deadline`, or — with `quiet` — when that long passes without a line on its stdout (for a
+/// program that reports its progress, a round a line: a per-round timeout). A hung program's
+/// threads' stacks are captured with `gdb` (if installed) and appended to its stderr, after a
+/// line that says so, and it is killed.
+pub fn run_watched(
+    cmd: &mut Command,
+    deadline: std::time::Duration,
+    quiet: Option<std::time::Duration>,
+) -> Output {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    enum Event {
+        Line,
+        Exited,
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning the program");
     let pid = child.id();
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let (exited, has_exited) = mpsc::channel::<()>();
+    let (tx, events) = mpsc::channel::<Event>();
+    let out = child.stdout.take().expect("stdout");
+    let lines = tx.clone();
+    let stdout = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let mut r = BufReader::new(out);
+        while r.read_until(b'\n', &mut v).is_ok_and(|n| n > 0) {
+            let _ = lines.send(Event::Line);
+        }
+        v
+    });
+    let mut err = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
     std::thread::spawn(move || {
         let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
         // SAFETY: waitid(2) on our own child with WNOWAIT: it waits for the exit but leaves the
         // child unreaped, so its pid stays ours until `child.wait()` below; `info` is writable.
         unsafe { libc::waitid(libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED | libc::WNOWAIT) };
-        let _ = exited.send(());
+        let _ = tx.send(Event::Exited);
     });
-    let mut stacks = None;
-    if has_exited.recv_timeout(CHILD_DEADLINE) == Err(mpsc::RecvTimeoutError::Timeout) {
-        stacks = Some(
-            Command::new("gdb")
-                .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_else(|e| format!("(no stacks: gdb: {e})")),
-        );
+    let start = std::time::Instant::now();
+    let hung = loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        let wait = quiet.map_or(left, |q| q.min(left));
+        match events.recv_timeout(wait) {
+            Ok(Event::Line) => {}
+            Ok(Event::Exited) | Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) if wait == left => {
+                break Some(format!("still running after {} s", deadline.as_secs()));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break Some(format!("printed nothing for {} s", wait.as_secs()));
+            }
+        }
+    };
+    let stacks = hung.as_ref().map(|_| {
+        let s = Command::new("gdb")
+            .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"));
         // SAFETY: kill(2) on our child, not yet reaped (only `child.wait()` below reaps it), so
         // the pid cannot have been reused; no memory is involved.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
-    let status = child.wait().expect("waiting for the child test process");
+        s
+    });
+    let status = child.wait().expect("waiting for the program");
     let mut out = Output {
         status,
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
     };
-    if let Some(stacks) = stacks {
-        let note = format!(
-            "\n--- child {test} hung: killed after {} s; its threads were:\n{stacks}",
-            CHILD_DEADLINE.as_secs()
-        );
+    if let (Some(why), Some(stacks)) = (hung, stacks) {
+        let note = format!("\n--- hung ({why}): killed; its threads were:\n{stacks}");
         out.stderr.extend_from_slice(note.as_bytes());
     }
     out
@@ -308,6 +340,25 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use std::process::Command;
+    use std::time::Duration;
+
+    #[test]
+    fn a_program_that_falls_silent_is_reported_hung_and_killed() {
+        let out = super::run_watched(
+            Command::new("sh").args(["-c", "echo started; exec sleep 600"]),
+            Duration::from_secs(600),
+            Some(Duration::from_secs(1)),
+        );
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--- hung (printed nothing for 1 s): killed; its threads were:"), "{err}");
     }
 }
 

@@ -1,7 +1,8 @@
 //! An idle program gives freed memory back: after a burst is freed, with no further allocator
 //! call, the background thread purges what has waited the purge delay. Then the thread itself
-//! goes, so a process whose threads all `pthread_exit` still ends. (Usage is process-wide: the
-//! second scenario runs in a child process.)
+//! goes, so a process whose threads all `pthread_exit` still ends — and comes back when threads
+//! exit and free memory again, also while others free their blocks. (Usage is process-wide: the
+//! later scenarios run in child processes.)
 
 use ctxalloc_tests::{assert_child_passes, is_child, wait_until};
 use std::time::{Duration, Instant};
@@ -117,4 +118,96 @@ fn child_background_thread_lifecycle() {
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+}
+
+#[test]
+fn threads_exit_while_the_background_thread_idles_out_and_restarts() {
+    assert_child_passes("child_thread_churn_and_background_restarts", &[("CTXALLOC_BACKGROUND_IDLE", "1ms")]);
+}
+
+/// Rounds of threads that allocate, hand their blocks to other threads and exit while those free
+/// them (remote frees into pages whose heap is being abandoned); between rounds the background
+/// thread idles out (trim leaves it nothing to wait for; it leaves after 1 ms) and the next
+/// round's exits start it again. The suite's build has the debug guard on: a call out of the
+/// allocator under one of its locks aborts the child.
+#[test]
+fn child_thread_churn_and_background_restarts() {
+    if !is_child("child_thread_churn_and_background_restarts") {
+        return;
+    }
+    const ROUNDS: usize = 100;
+    let mut restarted = 0;
+    for round in 0..ROUNDS {
+        ctxalloc::trim();
+        wait_until(60, "the background thread idled out", || background_threads() == 0);
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Box<[u8]>>>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let freers: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Ok(batch) = rx.lock().unwrap().recv() {
+                        for b in &batch {
+                            assert!(b.iter().all(|&x| x == b.len() as u8), "a block was overwritten");
+                        }
+                        n += batch.len();
+                    }
+                    n
+                })
+            })
+            .collect();
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for b in 0..16 {
+                        let batch = (0..64)
+                            .map(|i| {
+                                let len = 16
+                                    + ((round * 7 + w * 13 + b * 5 + i) % 13)
+                                        * if i % 8 == 0 { 160 } else { 8 };
+                                vec![len as u8; len].into_boxed_slice()
+                            })
+                            .collect();
+                        tx.send(batch).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for w in workers {
+            w.join().unwrap();
+        }
+        let freed: usize = freers.into_iter().map(|f| f.join().unwrap()).sum();
+        assert_eq!(freed, 4 * 16 * 64);
+        if background_threads() > 0 {
+            restarted += 1;
+        }
+    }
+    // The exits of a round start it again (it stays for the purge delay, past the round's end).
+    assert!(
+        restarted >= ROUNDS / 2,
+        "the background thread restarted in only {restarted} of {ROUNDS} rounds"
+    );
+}
+
+#[test]
+fn a_malformed_idle_timeout_is_reported_once_and_ignored() {
+    let out = assert_child_passes("child_malformed_idle_timeout", &[("CTXALLOC_BACKGROUND_IDLE", "5")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("ignoring CTXALLOC_BACKGROUND_IDLE=\"5\": expected a duration").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn child_malformed_idle_timeout() {
+    if !is_child("child_malformed_idle_timeout") {
+        return;
+    }
+    burst();
+    wait_until(60, "the background thread started", || background_threads() == 1);
 }

@@ -20,11 +20,12 @@
 
 use super::{LockClass, FRAMES};
 use crate::gfp::{Effective, ReclaimClass};
+use crate::lock::Lock;
 use crate::platform::ThreadCtx;
 use crate::reclaim::shrinker::Shrinker;
 use crate::reclaim::ShrinkerId;
 use crate::report::report;
-use crate::sync::{AtomicBool, AtomicU32, Ordering, SpinLock};
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
 use crate::{Core, Platform};
 use core::cell::Cell;
 use core::panic::Location;
@@ -82,7 +83,7 @@ pub(crate) struct ClassState {
     held_across: AtomicU32,
     taken_by: AtomicU32,
     reported: AtomicBool,
-    record: SpinLock<Record>,
+    record: Lock<Record>,
 }
 
 impl ClassState {
@@ -91,7 +92,7 @@ impl ClassState {
             held_across: AtomicU32::new(0),
             taken_by: AtomicU32::new(0),
             reported: AtomicBool::new(false),
-            record: SpinLock::new(Record { alloc: [None; 3], shrinker: [None; 3] }),
+            record: Lock::new("lockcheck record", Record { alloc: [None; 3], shrinker: [None; 3] }),
         }
     }
 }
@@ -190,7 +191,7 @@ impl<P: Platform> Core<P> {
     /// that an allocation under the lock is reported while memory is still plentiful.
     pub fn lock_taken_by(&self, class: &LockClass, id: ShrinkerId) {
         self.reclaim.registry.for_each(
-            |w| self.platform.wake_all(w),
+            |w| self.out("wake_all").wake_all(w),
             |slot, s| {
                 if ptr::eq(slot, id.0.as_ptr()) {
                     self.lock_taken(class, bit(s.class()), s.name().as_bytes(), true);
@@ -240,7 +241,7 @@ impl<P: Platform> Core<P> {
             let new = cbits & !st.held_across.fetch_or(cbits, Ordering::AcqRel);
             if new != 0 {
                 let mut frames = [0; FRAMES];
-                let nframes = self.platform.backtrace(&mut frames);
+                let nframes = self.out("backtrace").backtrace(&mut frames);
                 let site = AllocSite { size, ctx: eff.gfp(), lock_at: h.at[i].get(), frames, nframes };
                 let mut rec = self.lock(&st.record);
                 for (k, c) in CLASSES.iter().enumerate() {

@@ -201,7 +201,7 @@ impl<P: Platform> Core<P> {
         let p = self.alloc_checked(t, size, call, plain);
         #[cfg(feature = "tags")]
         if t.scope.armed() & ARM_TAG != 0 && !t.debug.busy.get() && !p.is_null() {
-            self.debug.tags.track(&self.platform, p.addr(), size, t.debug.tag.get());
+            self.debug.tags.track(self, p.addr(), size, t.debug.tag.get());
         }
         p
     }
@@ -258,7 +258,7 @@ impl<P: Platform> Core<P> {
             return plain();
         }
         #[cfg(feature = "tags")]
-        let old = self.debug.tags.untrack(&self.platform, ptr.addr());
+        let old = self.debug.tags.untrack(self, ptr.addr());
         let p = self.alloc_checked(t, new_size, call, || {
             let _busy = Busy::enter(&t.debug.busy);
             plain()
@@ -268,11 +268,11 @@ impl<P: Platform> Core<P> {
             let tags = &self.debug.tags;
             match old {
                 // Failed: the old block is untouched and keeps its entry.
-                Some((tag, size)) if p.is_null() => tags.insert(&self.platform, ptr.addr(), size, tag),
-                Some((tag, _)) => tags.insert(&self.platform, p.addr(), new_size, tag),
+                Some((tag, size)) if p.is_null() => tags.insert(self, ptr.addr(), size, tag),
+                Some((tag, _)) => tags.insert(self, p.addr(), new_size, tag),
                 // An untagged block resized under a tag: a call of that tag.
                 None if !p.is_null() && t.scope.armed() & ARM_TAG != 0 => {
-                    tags.track(&self.platform, p.addr(), new_size, t.debug.tag.get())
+                    tags.track(self, p.addr(), new_size, t.debug.tag.get())
                 }
                 None => {}
             }
@@ -307,7 +307,7 @@ impl<P: Platform> Core<P> {
     #[cold]
     #[inline(never)]
     pub(crate) fn untag(&self, ptr: *mut u8) {
-        self.debug.tags.untrack(&self.platform, ptr.addr());
+        self.debug.tags.untrack(self, ptr.addr());
     }
 
     /// Reports (or, in strict mode, aborts on) an allocation inside a `FORBID` scope.
@@ -334,7 +334,7 @@ impl<P: Platform> Core<P> {
     #[cfg(feature = "hooks")]
     pub(crate) fn report_backtrace(&self, what: &str) {
         let mut frames = [0usize; FRAMES];
-        let n = self.platform.backtrace(&mut frames);
+        let n = self.out("backtrace").backtrace(&mut frames);
         if n > 0 {
             self.report_frames(what, &frames[..n]);
         }
@@ -347,10 +347,10 @@ impl<P: Platform> Core<P> {
         let _ = core::fmt::Write::write_str(&mut b, what);
         for &f in frames {
             let _ = core::fmt::Write::write_str(&mut b, " ");
-            self.platform.describe_addr(f, &mut b);
+            self.out("describe_addr").describe_addr(f, &mut b);
         }
         let _ = core::fmt::Write::write_str(&mut b, "\n");
-        self.platform.report(b.as_str());
+        self.out("report").report(b.as_str());
     }
 
     /// Strict mode for `FORBID` scopes: abort on the first allocation inside one (`true`), or

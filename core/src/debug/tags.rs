@@ -7,7 +7,8 @@
 //! deletion) whose memory comes straight from the platform — not from the allocator, and not
 //! charged to the limit. While no tagged block is live, frees do not look.
 
-use crate::sync::{AtomicUsize, Ordering, SpinLock};
+use crate::lock::Lock;
+use crate::sync::{AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -60,9 +61,9 @@ struct Counter {
 /// The tags of a `Core`.
 pub(crate) struct Tags {
     /// Names by id; `None` for unused ids. Written under the lock (registration only).
-    names: SpinLock<[Option<&'static str>; MAX_TAGS]>,
+    names: Lock<[Option<&'static str>; MAX_TAGS]>,
     counters: [Counter; MAX_TAGS],
-    table: SpinLock<Table>,
+    table: Lock<Table>,
     /// Entries in the table: frees skip the lookup while it is zero. Changed under `table`.
     live: AtomicUsize,
 }
@@ -70,20 +71,23 @@ pub(crate) struct Tags {
 impl Tags {
     pub(crate) const fn new() -> Tags {
         Tags {
-            names: SpinLock::new([None; MAX_TAGS]),
+            names: Lock::held_across_fork("tag names", [None; MAX_TAGS]),
             counters: [const {
                 Counter { bytes: AtomicUsize::new(0), live: AtomicUsize::new(0), calls: AtomicUsize::new(0) }
             }; MAX_TAGS],
-            table: SpinLock::new(Table { slots: ptr::null_mut(), cap: 0, len: 0, mapped: 0 }),
+            table: Lock::held_across_fork(
+                "tag table",
+                Table { slots: ptr::null_mut(), cap: 0, len: 0, mapped: 0 },
+            ),
             live: AtomicUsize::new(0),
         }
     }
 
     /// `fork` prepare: takes the two locks (after the allocator's own), so that no other
     /// thread holds one when the process forks.
-    pub(crate) fn fork_prepare<P: Platform>(&self, platform: &P) {
-        core::mem::forget(self.names.lock_with(|| platform.relax()));
-        core::mem::forget(self.table.lock_with(|| platform.relax()));
+    pub(crate) fn fork_prepare(&self, relax: impl Fn()) {
+        self.names.fork_acquire(&relax);
+        self.table.fork_acquire(&relax);
     }
 
     /// Releases what [`fork_prepare`](Self::fork_prepare) took.
@@ -94,8 +98,8 @@ impl Tags {
     pub(crate) unsafe fn fork_release(&self) {
         // SAFETY: per the contract.
         unsafe {
-            self.table.unlock_forgotten();
-            self.names.unlock_forgotten();
+            self.table.fork_release();
+            self.names.fork_release();
         }
     }
 
@@ -110,41 +114,50 @@ impl Tags {
 
     /// Records a live block allocated by a call under `tag`. If the table cannot grow (the
     /// platform refused memory) the block is counted as a call but not as live bytes.
-    pub(crate) fn track<P: Platform>(&self, platform: &P, addr: usize, size: usize, tag: u16) {
+    pub(crate) fn track<P: Platform>(&self, core: &Core<P>, addr: usize, size: usize, tag: u16) {
         self.counters[tag as usize].calls.fetch_add(1, Ordering::Relaxed);
-        self.insert(platform, addr, size, tag);
+        self.insert(core, addr, size, tag);
     }
 
     /// Records a live block without counting a call (a resized block keeps its tag).
-    pub(crate) fn insert<P: Platform>(&self, platform: &P, addr: usize, size: usize, tag: u16) {
+    pub(crate) fn insert<P: Platform>(&self, core: &Core<P>, addr: usize, size: usize, tag: u16) {
         let c = &self.counters[tag as usize];
-        let mut t = self.table.lock_with(|| platform.relax());
-        if (t.len + 1) * 2 > t.cap && !Self::grow(&mut t, platform) {
-            return;
-        }
-        let meta = Entry::pack(tag, size);
-        let mut i = Self::hash(addr, t.cap);
-        // SAFETY: `slots` holds `cap` entries; the load factor stays below 1/2, so a free slot
-        // exists.
-        unsafe {
-            loop {
-                let e = &mut *t.slots.add(i);
-                if e.addr == 0 || e.addr == addr {
-                    if e.addr == 0 {
-                        t.len += 1;
-                        self.live.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        // Reuse of an address whose free was not seen: drop the stale entry.
-                        self.sub(e.meta);
+        loop {
+            let cap = {
+                let mut t = core.lock(&self.table);
+                if (t.len + 1) * 2 <= t.cap {
+                    let meta = Entry::pack(tag, size);
+                    let mut i = Self::hash(addr, t.cap);
+                    // SAFETY: `slots` holds `cap` entries; the load factor stays below 1/2, so a
+                    // free slot exists.
+                    unsafe {
+                        loop {
+                            let e = &mut *t.slots.add(i);
+                            if e.addr == 0 || e.addr == addr {
+                                if e.addr == 0 {
+                                    t.len += 1;
+                                    self.live.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    // Reuse of an address whose free was not seen: drop the stale
+                                    // entry.
+                                    self.sub(e.meta);
+                                }
+                                *e = Entry { addr, meta };
+                                break;
+                            }
+                            i = (i + 1) & (t.cap - 1);
+                        }
                     }
-                    *e = Entry { addr, meta };
-                    break;
+                    c.bytes.fetch_add(size, Ordering::Relaxed);
+                    c.live.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
-                i = (i + 1) & (t.cap - 1);
+                t.cap
+            };
+            if !self.grow(core, cap) {
+                return;
             }
         }
-        c.bytes.fetch_add(size, Ordering::Relaxed);
-        c.live.fetch_add(1, Ordering::Relaxed);
     }
 
     fn sub(&self, meta: u64) {
@@ -155,8 +168,8 @@ impl Tags {
     }
 
     /// Forgets a block; returns its tag and size if it was tagged.
-    pub(crate) fn untrack<P: Platform>(&self, platform: &P, addr: usize) -> Option<(u16, usize)> {
-        let mut t = self.table.lock_with(|| platform.relax());
+    pub(crate) fn untrack<P: Platform>(&self, core: &Core<P>, addr: usize) -> Option<(u16, usize)> {
+        let mut t = core.lock(&self.table);
         if t.len == 0 {
             return None;
         }
@@ -199,35 +212,51 @@ impl Tags {
         }
     }
 
-    /// Doubles the table (from 4096 entries). False if the platform refused memory.
-    fn grow<P: Platform>(t: &mut Table, platform: &P) -> bool {
-        let cap = (t.cap * 2).max(4096);
-        let bytes = (cap * size_of::<Entry>()).next_multiple_of(P::PAGE_SIZE);
+    /// Doubles the table that had `cap` entries (from 4096 entries): the new one is mapped with
+    /// the lock released, filled under it, and the old one unmapped after it. False if the
+    /// platform refused memory. If another thread grew the table meanwhile, the new mapping
+    /// goes back unused.
+    fn grow<P: Platform>(&self, core: &Core<P>, cap: usize) -> bool {
+        let new_cap = (cap * 2).max(4096);
+        let bytes = (new_cap * size_of::<Entry>()).next_multiple_of(P::PAGE_SIZE);
         // SAFETY: a page multiple at page alignment.
-        let Some(mem) = (unsafe { platform.map(bytes, P::PAGE_SIZE) }) else { return false };
+        let Some(mem) = (unsafe { core.out("map").map(bytes, P::PAGE_SIZE) }) else { return false };
         let slots = mem.as_ptr().cast::<Entry>();
-        // SAFETY: fresh memory for `cap` entries; the old table's `cap` entries are readable.
-        unsafe {
-            if !P::MAP_ZEROED {
-                ptr::write_bytes(slots, 0, cap);
-            }
-            for k in 0..t.cap {
-                let e = *t.slots.add(k);
-                if e.addr != 0 {
-                    let mut i = Self::hash(e.addr, cap);
-                    while (*slots.add(i)).addr != 0 {
-                        i = (i + 1) & (cap - 1);
+        if !P::MAP_ZEROED {
+            // SAFETY: fresh memory for `new_cap` entries.
+            unsafe { ptr::write_bytes(slots, 0, new_cap) };
+        }
+        let unused = {
+            let mut t = core.lock(&self.table);
+            if t.cap != cap {
+                (mem, bytes)
+            } else {
+                // SAFETY: fresh memory for `new_cap` entries; the old table's `cap` entries
+                // are readable under the lock.
+                unsafe {
+                    for k in 0..t.cap {
+                        let e = *t.slots.add(k);
+                        if e.addr != 0 {
+                            let mut i = Self::hash(e.addr, new_cap);
+                            while (*slots.add(i)).addr != 0 {
+                                i = (i + 1) & (new_cap - 1);
+                            }
+                            *slots.add(i) = e;
+                        }
                     }
-                    *slots.add(i) = e;
+                }
+                let old = (t.slots, t.mapped);
+                t.slots = slots;
+                t.cap = new_cap;
+                t.mapped = bytes;
+                match NonNull::new(old.0) {
+                    Some(p) => (p.cast(), old.1),
+                    None => return true,
                 }
             }
-            if let Some(old) = NonNull::new(t.slots) {
-                platform.unmap(old.cast(), t.mapped);
-            }
-        }
-        t.slots = slots;
-        t.cap = cap;
-        t.mapped = bytes;
+        };
+        // SAFETY: a mapping of ours that the table no longer references.
+        unsafe { core.out("unmap").unmap(unused.0, unused.1) };
         true
     }
 }

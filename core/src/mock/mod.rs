@@ -56,6 +56,8 @@ pub struct MockPlatform {
     clock: AtomicU64,
     /// Calls of `background_wanted`.
     background_wakeups: AtomicUsize,
+    /// Run by `background_wanted`: a test's stand-in for a thread start that allocates.
+    on_background: Mutex<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
     /// Distinguishes mock instances in the per-thread context table.
     id: usize,
 }
@@ -113,6 +115,7 @@ impl MockPlatform {
             echo: std::env::var_os("CTXALLOC_MOCK_ECHO").is_some(),
             clock: AtomicU64::new(0),
             background_wakeups: AtomicUsize::new(0),
+            on_background: Mutex::new(None),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -147,6 +150,18 @@ impl MockPlatform {
     /// tests call `Core::background_reclaim` themselves).
     pub fn background_wakeups(&self) -> usize {
         self.background_wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Makes `background_wanted` run `f` on the calling thread — what the std platform's
+    /// thread start does when it allocates the new thread's stack and TLS through the
+    /// allocator in a C program. `f` may allocate through the core.
+    pub fn on_background_wanted(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.on_background.lock().unwrap() = Some(std::sync::Arc::new(f));
+    }
+
+    /// Removes the hook of [`on_background_wanted`](Self::on_background_wanted).
+    pub fn clear_background_hook(&self) {
+        *self.on_background.lock().unwrap() = None;
     }
 
     /// Whether `[addr, addr+len)` lies in the arena.
@@ -337,6 +352,11 @@ unsafe impl Platform for MockPlatform {
 
     fn background_wanted(&self) {
         self.background_wakeups.fetch_add(1, Ordering::Relaxed);
+        // Not under the mutex: the hook may come back here.
+        let hook = self.on_background.lock().unwrap().clone();
+        if let Some(f) = hook {
+            f();
+        }
     }
 
     fn relax(&self) {

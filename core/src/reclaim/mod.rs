@@ -22,6 +22,7 @@ pub(crate) mod registry;
 pub(crate) mod shrinker;
 
 use crate::gfp::{Effective, Gfp, ReclaimClass};
+use crate::lock::{deferred, CallOuts};
 use crate::report::{report, RateLimit};
 use crate::stats::Bytes;
 use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -139,7 +140,7 @@ pub(crate) struct Reclaim {
     /// Registered shrinkers.
     pub(crate) registry: Registry,
     /// Bumped when memory is given back while someone waits: NOFAIL waiters sleep on it.
-    freed_seq: AtomicU32,
+    pub(crate) freed_seq: AtomicU32,
     /// NOFAIL waiters now.
     waiters: AtomicUsize,
     /// Bumped to wake the background reclaimer, which sleeps on it.
@@ -248,7 +249,7 @@ impl<P: Platform> Core<P> {
     pub unsafe fn unregister_shrinker(&self, id: ShrinkerId) {
         // SAFETY: per the contract, the slot lives in a live core's registry.
         let slot = unsafe { id.0.as_ref() };
-        self.reclaim.registry.unregister(slot, |word, v| self.platform.wait(word, v, MAX_WAIT_NS));
+        self.reclaim.registry.unregister(slot, |word, v| self.out("wait").wait(word, v, MAX_WAIT_NS));
     }
 
     // -------------------------------------------------------------------------------------
@@ -265,13 +266,24 @@ impl<P: Platform> Core<P> {
         ok
     }
 
-    /// Gives `bytes` back and wakes NOFAIL waiters, if any.
+    /// Gives `bytes` back and wakes NOFAIL waiters, if any (once no lock is held).
     #[inline]
     pub(crate) fn uncharge(&self, bytes: usize) {
         self.acct.uncharge(bytes);
         if self.reclaim.waiters.load(Ordering::SeqCst) != 0 {
             self.reclaim.freed_seq.fetch_add(1, Ordering::SeqCst);
-            self.platform.wake_all(&self.reclaim.freed_seq);
+            self.call_out(deferred::WAKE_WAITERS);
+        }
+    }
+
+    /// Does `work` (`lock::deferred` bits) now if the calling thread holds no allocator lock,
+    /// else as soon as it releases its last one.
+    #[inline]
+    pub(crate) fn call_out(&self, work: u8) {
+        let t = self.thread();
+        t.locks.defer(work);
+        if t.locks.may_call_out() {
+            self.run_deferred(t);
         }
     }
 
@@ -381,7 +393,7 @@ impl<P: Platform> Core<P> {
     fn shrink_all(&self, eff: Effective, priority: u32, deferred_only: bool) -> usize {
         let mut freed = 0;
         self.reclaim.registry.for_each(
-            |w| self.platform.wake_all(w),
+            |w| self.out("wake_all").wake_all(w),
             |slot, s| {
                 if deferred_only && slot.deferred.load(Ordering::Relaxed) == 0 {
                     return;
@@ -472,7 +484,7 @@ impl<P: Platform> Core<P> {
         self.reclaim.nofail_waits.fetch_add(1, Ordering::Relaxed);
         self.reclaim.waiters.fetch_add(1, Ordering::SeqCst);
         let seq = self.reclaim.freed_seq.load(Ordering::SeqCst);
-        self.platform.wait(&self.reclaim.freed_seq, seq, at.wait_ns);
+        self.out("wait").wait(&self.reclaim.freed_seq, seq, at.wait_ns);
         self.reclaim.waiters.fetch_sub(1, Ordering::SeqCst);
         at.wait_ns = (at.wait_ns * 2).min(MAX_WAIT_NS);
         at.drained = false;
@@ -492,11 +504,23 @@ impl<P: Platform> Core<P> {
     }
 
     /// Starts or wakes the platform's background thread: for reclaim, or because memory kept
-    /// for speed started waiting for [`purge_aged`](Self::purge_aged).
+    /// for speed started waiting for [`purge_aged`](Self::purge_aged). Under an allocator lock
+    /// (the page heap finds dirty memory, a charge passes the low watermark), once the lock is
+    /// released: starting a thread allocates.
     pub(crate) fn wake_background_thread(&self) {
-        self.platform.background_wanted();
+        self.call_out(deferred::WAKE_BACKGROUND);
+    }
+
+    /// Wakes a sleeping background thread, if one runs (none is started): its work changed.
+    pub(crate) fn nudge_background(&self) {
         self.reclaim.bg_seq.fetch_add(1, Ordering::SeqCst);
-        self.platform.wake_all(&self.reclaim.bg_seq);
+        self.out("wake_all").wake_all(&self.reclaim.bg_seq);
+    }
+
+    /// [`wake_background_thread`](Self::wake_background_thread), with no lock held.
+    pub(crate) fn wake_background_now(&self) {
+        self.out("background_wanted").background_wanted();
+        self.nudge_background();
     }
 
     /// Whether the background thread has work: reclaim was asked for, or freed memory waits
@@ -516,7 +540,7 @@ impl<P: Platform> Core<P> {
     pub fn background_wait(&self, timeout_ns: u64) -> bool {
         let seq = self.reclaim.bg_seq.load(Ordering::SeqCst);
         if !self.reclaim.bg_busy.load(Ordering::SeqCst) {
-            self.platform.wait(&self.reclaim.bg_seq, seq, timeout_ns);
+            self.out("wait").wait(&self.reclaim.bg_seq, seq, timeout_ns);
         }
         self.reclaim.bg_busy.load(Ordering::SeqCst)
     }
@@ -571,7 +595,7 @@ impl<P: Platform> Core<P> {
     /// Calls `f` with the name and statistics of every registered shrinker.
     pub fn for_each_shrinker(&self, mut f: impl FnMut(&str, ReclaimClass, ShrinkerStats)) {
         self.reclaim.registry.for_each(
-            |w| self.platform.wake_all(w),
+            |w| self.out("wake_all").wake_all(w),
             |slot, s| {
                 f(
                     s.name(),

@@ -16,12 +16,19 @@ use core::ptr;
 const MAX_BLOCKS: usize = 4096;
 
 impl<P: Platform> Core<P> {
-    /// A free found bad on a slab path: report it; abort under `hardened`.
+    /// A free found bad on a slab path: report it; abort under `hardened` (found under an
+    /// allocator lock, both once the lock is released: the page's lists are consistent again).
     #[cold]
-    pub(crate) fn bad_slab_free(&self, ptr: *mut u8, why: &str) {
+    pub(crate) fn bad_slab_free(&self, ptr: *mut u8, why: &'static str) {
         self.bad_free(ptr, None, why);
         #[cfg(feature = "hardened")]
-        self.platform.abort();
+        {
+            let t = self.thread();
+            if t.locks.may_call_out() {
+                self.platform.abort();
+            }
+            t.locks.defer(crate::lock::deferred::ABORT);
+        }
     }
 
     /// Moves `remote`, the list just taken from `page`'s remote list, onto `local_free` and
@@ -108,11 +115,12 @@ impl<P: Platform> Core<P> {
     }
 
     /// `hardened`: a link decoded to an address outside its block's segment — memory of a freed
-    /// block was overwritten (a use after free or an overflow). Reports and aborts.
+    /// block was overwritten (a use after free or an overflow). Reports and aborts (at once, also
+    /// under a lock: the list cannot be followed further).
     #[cfg(feature = "hardened")]
     #[cold]
     pub(crate) fn corrupt_link(&self, page: *mut Page, block: *mut Block, next: *mut Block) -> ! {
-        crate::report::report(
+        crate::report::report_fatal(
             &self.platform,
             format_args!(
                 "ctxalloc: heap corruption: the free block {block:p} of the page at {page:p} links to \

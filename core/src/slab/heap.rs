@@ -12,6 +12,7 @@
 
 use super::page::{Page, PageQueue};
 use super::remote::{Block, Push};
+use super::segment::Miss;
 use super::SLICE_SIZE;
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
@@ -288,8 +289,9 @@ impl<P: Platform> Core<P> {
             let mut attempt: Option<Attempt> = None;
             loop {
                 let eff = Effective::new(call, t.scope.current());
-                let page = self.find_page(heap, class, attempt.as_ref().map_or(eff, |a| a.context(eff)));
-                if !page.is_null() {
+                if let Ok(page) =
+                    self.find_page(heap, class, attempt.as_ref().map_or(eff, |a| a.context(eff)), true)
+                {
                     return pop(self, page, size, call.contains(Gfp::ZERO));
                 }
                 let at = attempt.get_or_insert_with(|| Attempt::new(class_slices(class) * SLICE_SIZE));
@@ -300,8 +302,9 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// A page of `class` with a block on its `free` list, made the class's direct page; null
-    /// when no memory can be had in context `eff`.
+    /// A page of `class` with a block on its `free` list, made the class's direct page; `Err`
+    /// when no memory can be had in context `eff` (or, without `map`, not without mapping a
+    /// segment).
     ///
     /// Order: the queued pages (collecting their local and remote frees, carving untouched
     /// blocks) → full pages that received frees → abandoned pages of exited threads → a fresh
@@ -310,7 +313,13 @@ impl<P: Platform> Core<P> {
     ///
     /// # Safety
     /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
-    unsafe fn find_page(&self, heap: *mut Heap, class: usize, eff: Effective) -> *mut Page {
+    unsafe fn find_page(
+        &self,
+        heap: *mut Heap,
+        class: usize,
+        eff: Effective,
+        map: bool,
+    ) -> Result<*mut Page, Miss> {
         // SAFETY: the caller owns the heap and every page on its lists.
         unsafe {
             let _busy = Busy::enter(heap);
@@ -320,7 +329,7 @@ impl<P: Platform> Core<P> {
                 let next = (*page).next;
                 q.remove(page);
                 if Page::collect(self, page) || Page::extend(page) {
-                    return Heap::activate(heap, class, page);
+                    return Ok(Heap::activate(heap, class, page));
                 }
                 (*page).in_full = true;
                 Heap::full(heap, class).push_back(page);
@@ -335,20 +344,18 @@ impl<P: Platform> Core<P> {
                 if Page::has_room(page) && (Page::collect(self, page) || Page::extend(page)) {
                     full.remove(page);
                     (*page).in_full = false;
-                    return Heap::activate(heap, class, page);
+                    return Ok(Heap::activate(heap, class, page));
                 }
                 page = next;
             }
 
             if let Some(page) = self.adopt(heap, class) {
-                return Heap::activate(heap, class, page);
+                return Ok(Heap::activate(heap, class, page));
             }
 
-            let Some(page) = self.span_alloc(heap, class, eff) else {
-                return ptr::null_mut();
-            };
+            let page = self.span_alloc(heap, class, eff, map)?;
             Page::extend(page);
-            Heap::activate(heap, class, page)
+            Ok(Heap::activate(heap, class, page))
         }
     }
 
@@ -420,6 +427,14 @@ impl<P: Platform> Core<P> {
             if !(*page).remote.is_abandoned() {
                 return false;
             }
+            // On the lists, an abandoned page has no owner. One that kept its owner was empty
+            // when its thread exited and is being (or was) given back: every block of it was
+            // freed already.
+            if !(*page).owner.load(Ordering::Relaxed).is_null() || (*page).block_size == 0 {
+                drop(ab);
+                self.bad_slab_free(block.cast(), "its page holds no live block (freed twice?)");
+                return true;
+            }
             let class = (*page).class as usize;
             if heap != Heap::empty() && t.state() == ThreadState::Active {
                 let _busy = Busy::enter(heap);
@@ -460,30 +475,46 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn heap_abandon(&self, heap: *mut Heap) {
         // The whole heap is abandoned under the abandoned-list lock, so that a freeing thread
         // that sees a page's abandoned bit finds the page on its list once it gets the lock.
-        let mut ab = self.lock(&self.abandoned);
-        for class in 0..NUM_CLASSES {
-            // SAFETY: the caller owns the heap and its pages.
-            unsafe {
-                for list in [Heap::queue(heap, class), Heap::full(heap, class)] {
-                    loop {
-                        let page = list.pop_front();
-                        if page.is_null() {
-                            break;
-                        }
-                        let remote = (*page).remote.abandon();
-                        if !remote.is_null() {
-                            self.absorb_remote(page, remote);
-                        }
-                        (*page).in_full = false;
-                        if (*page).used == 0 {
-                            self.span_free(page);
-                        } else {
-                            (*page).owner.store(ptr::null_mut(), Ordering::Relaxed);
-                            ab.push(page);
+        // Empty pages are collected and given back after it: giving back may call out (unmap,
+        // a background-thread start), which no lock is held across.
+        let mut empty = PageQueue::EMPTY;
+        {
+            let mut ab = self.lock(&self.abandoned);
+            for class in 0..NUM_CLASSES {
+                // SAFETY: the caller owns the heap and its pages.
+                unsafe {
+                    for list in [Heap::queue(heap, class), Heap::full(heap, class)] {
+                        loop {
+                            let page = list.pop_front();
+                            if page.is_null() {
+                                break;
+                            }
+                            let remote = (*page).remote.abandon();
+                            if !remote.is_null() {
+                                self.absorb_remote(page, remote);
+                            }
+                            (*page).in_full = false;
+                            if (*page).used == 0 {
+                                // No live block: nobody frees into it; it stays ours.
+                                empty.push_back(page);
+                            } else {
+                                (*page).owner.store(ptr::null_mut(), Ordering::Relaxed);
+                                ab.push(page);
+                            }
                         }
                     }
+                    Heap::set_direct(heap, class, Page::empty());
                 }
-                Heap::set_direct(heap, class, Page::empty());
+            }
+        }
+        loop {
+            // SAFETY: pages of ours with no block in use, on our local list only.
+            unsafe {
+                let page = empty.pop_front();
+                if page.is_null() {
+                    break;
+                }
+                self.span_free(page);
             }
         }
     }
@@ -555,31 +586,73 @@ impl<P: Platform> Core<P> {
         let heap = self.heap_acquire(Effective::new(call, t.scope.current()))?;
         t.heap.set(heap);
         t.state.set(ThreadState::Active as u8);
-        self.platform.thread_attached();
+        self.out("thread_attached").thread_attached();
         Ok(heap)
     }
 
     /// Slab allocation for a thread that has exited (from a thread-local destructor that runs
-    /// after ours): the shared orphan heap, under its lock.
+    /// after ours, or a thread start our own exit asked for): the shared orphan heap, under its
+    /// lock.
     ///
-    /// No direct reclaim here: a shrinker allocating on this thread would need the orphan lock
-    /// we hold.
+    /// Under the lock only what needs no call out is done: a block from the heap's pages, a
+    /// page from the page heap's free spans. Mapping a segment, the orphan heap itself, the
+    /// reclaim policy and the failure report happen with the lock released, and the attempt is
+    /// made again. No direct reclaim (as before the lock was released for it: an exited
+    /// thread's allocations stay NORECLAIM).
     ///
     /// # Safety
     /// As [`alloc_slow`](Self::alloc_slow).
     unsafe fn alloc_orphan(&self, t: &ThreadCtx, class: usize, size: usize, call: Gfp) -> *mut u8 {
-        let mut orphan = self.lock(&self.orphan);
-        if orphan.0.is_null() {
-            match self.heap_acquire(Effective::new(Gfp::NORECLAIM, t.scope.current())) {
-                Ok(h) => orphan.0 = h,
-                Err(cause) => {
-                    drop(orphan);
-                    return self.reclaim_failed(size, Effective::new(call, t.scope.current()), cause);
+        let call = call | Gfp::NORECLAIM;
+        let zero = call.contains(Gfp::ZERO);
+        let mut attempt: Option<Attempt> = None;
+        loop {
+            let eff = Effective::new(call, t.scope.current());
+            let ctx = attempt.as_ref().map_or(eff, |a| a.context(eff));
+            let miss = {
+                let orphan = self.lock(&self.orphan);
+                let heap = orphan.0;
+                if heap.is_null() {
+                    None
+                } else {
+                    // SAFETY: the orphan heap is owned by whoever holds its lock.
+                    unsafe {
+                        let page = Heap::direct(heap, class);
+                        if !(*page).free.is_null() {
+                            return pop(self, page, size, zero);
+                        }
+                        match self.find_page(heap, class, ctx, false) {
+                            Ok(page) => return pop(self, page, size, zero),
+                            Err(miss) => Some(miss),
+                        }
+                    }
                 }
+            };
+            // The orphan lock is released: what is left may call out.
+            match miss {
+                None => {
+                    let h = match self.heap_acquire(Effective::new(Gfp::NORECLAIM, t.scope.current())) {
+                        Ok(h) => h,
+                        Err(cause) => return self.reclaim_failed(size, eff, cause),
+                    };
+                    let mut orphan = self.lock(&self.orphan);
+                    if orphan.0.is_null() {
+                        orphan.0 = h;
+                    } else {
+                        drop(orphan);
+                        // SAFETY: a fresh heap that owns nothing and that nobody saw.
+                        unsafe { self.heap_release(h) };
+                    }
+                    continue;
+                }
+                Some(Miss::NoSegment) if self.segment_add(ctx).is_some() => continue,
+                Some(_) => {}
+            }
+            let at = attempt.get_or_insert_with(|| Attempt::new(class_slices(class) * SLICE_SIZE));
+            if let Step::Fail(cause) = self.reclaim_step(eff, at) {
+                return self.reclaim_failed(size, eff, cause);
             }
         }
-        // SAFETY: the orphan heap is owned by whoever holds its lock.
-        unsafe { self.heap_alloc(orphan.0, t, class, size, call | Gfp::NORECLAIM) }
     }
 
     /// A heap from the pool, or a new one (charged in context `eff`, through reclaim if needed).
@@ -598,32 +671,38 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// A heap from the pool, or new metadata; `Err` if that could not be charged or mapped (the
-    /// pool lock is released before the caller reclaims).
+    /// A heap from the pool, or new metadata; `Err` if that could not be charged or mapped (no
+    /// lock is held when the caller reclaims). New metadata is carved with the pool lock
+    /// released: it may map a segment.
     fn heap_take(&self, eff: Effective) -> Result<*mut Heap, ()> {
-        let mut pool = self.lock(&self.heaps);
-        let heap = if !pool.free.is_null() {
+        {
+            let mut pool = self.lock(&self.heaps);
             let h = pool.free;
-            // SAFETY: heaps on the free list are ours under the pool lock.
-            unsafe {
-                pool.free = (*h).pool_next;
-                Heap::init(h, (*h).all_next);
+            if !h.is_null() {
+                // SAFETY: heaps on the free list are ours under the pool lock.
+                unsafe {
+                    pool.free = (*h).pool_next;
+                    Heap::init(h, (*h).all_next);
+                    (*h).live = true;
+                }
+                pool.live += 1;
+                return Ok(h);
             }
-            h
-        } else {
-            const _: () = assert!(core::mem::size_of::<Heap>() <= super::META_MAX);
-            // Heaps are allocator metadata a thread needs before anything else: charged as its
-            // first allocation would be.
-            let h = self.meta_alloc(core::mem::size_of::<Heap>(), eff).ok_or(())?.as_ptr().cast::<Heap>();
-            // SAFETY: fresh metadata of a heap's size, 64-byte aligned.
-            unsafe { Heap::init(h, pool.all) };
-            pool.all = h;
-            h
-        };
-        // SAFETY: `heap` is ours; pool fields under the pool lock.
-        unsafe { (*heap).live = true };
+        }
+        const _: () = assert!(core::mem::size_of::<Heap>() <= super::META_MAX);
+        // Heaps are allocator metadata a thread needs before anything else: charged as its
+        // first allocation would be.
+        let h = self.meta_alloc(core::mem::size_of::<Heap>(), eff).ok_or(())?.as_ptr().cast::<Heap>();
+        let mut pool = self.lock(&self.heaps);
+        // SAFETY: fresh metadata of a heap's size, 64-byte aligned, ours; pool fields under the
+        // pool lock.
+        unsafe {
+            Heap::init(h, pool.all);
+            (*h).live = true;
+        }
+        pool.all = h;
         pool.live += 1;
-        Ok(heap)
+        Ok(h)
     }
 
     /// Returns an abandoned heap to the pool.

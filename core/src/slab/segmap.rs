@@ -12,13 +12,15 @@
 //! from the page source the first time a segment lands in their range, and never returned. A
 //! program's segments, and a kernel's region, usually need only the first.
 //!
-//! Threads: bits are set under the page-heap lock (which also serialises leaf creation),
-//! cleared by the thread unmapping the segment, and read by any thread without a lock. A leaf pointer is published with Release after the leaf
-//! is zeroed and read with Acquire. A bit is set (Relaxed) before the segment's first span is
-//! handed out under the same lock, so a thread that got a block of the segment — through any
-//! synchronisation with the thread that allocated it — sees the bit. A bit is cleared only
-//! after the segment's last block was freed: a reader that then finds it clear was handed a
-//! stale pointer, which is reported as foreign.
+//! Threads: a bit is set by the thread adding its segment, before it takes the page-heap lock
+//! to link the segment (so a new leaf is mapped under no lock), cleared by the thread unmapping
+//! the segment, and read by any thread without a lock. A leaf pointer is published by a
+//! compare-and-swap (AcqRel) after the leaf is zeroed — of two threads mapping a leaf for the
+//! same range, the loser unmaps its own — and read with Acquire. The bit is set (Relaxed)
+//! before the page-heap lock that links the segment is released, so a thread that got a block
+//! of the segment — through any synchronisation with the thread that allocated it — sees the
+//! bit. A bit is cleared only after the segment's last block was freed: a reader that then
+//! finds it clear was handed a stale pointer, which is reported as foreign.
 
 use super::SEGMENT_SHIFT;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -47,15 +49,15 @@ pub(crate) struct SegMap {
     /// The first leaf needed, inside the map: most programs and every kernel region need only
     /// this one, so the map takes nothing from the page source (in a kernel's region, a page
     /// taken there would break the alignment of a whole segment). Claimed under the page-heap
-    /// lock by the first insertion; `first_taken` says whether it is. `leaves` names it by the
+    /// lock-free by the first insertion; `first_taken` says whether it is. `leaves` names it by the
     /// [`INLINE`] sentinel, not its address, so that a `Core` stays movable.
     first: [AtomicUsize; WORDS],
     first_taken: AtomicBool,
     /// The top index whose leaf is `first` (usize::MAX until one is): `hardened` frees look
-    /// there first. Written once, under the page-heap lock, before any bit of that leaf is set.
+    /// there first. Written once, by the thread that published `first`, before it sets a bit.
     first_top: AtomicUsize,
     /// The lowest and highest top-level entries with a leaf (`usize::MAX` and 0 while none
-    /// has): audits walk only these. Written under the page-heap lock.
+    /// has): audits walk only these. Atomic minimum and maximum.
     lo: AtomicUsize,
     hi: AtomicUsize,
 }
@@ -154,17 +156,24 @@ impl SegMap {
 
 impl<P: Platform> Core<P> {
     /// Marks the segment at `base` live; `false` if it lies beyond the map or no leaf could be
-    /// had (the caller then gives the segment back). The caller holds the page-heap lock.
+    /// had (the caller then gives the segment back). The caller holds no allocator lock (a new
+    /// leaf comes from the page source) and has not linked the segment yet.
     pub(crate) fn segmap_insert(&self, base: usize) -> bool {
         let Some((top, word, bit)) = SegMap::index(base) else {
             return false;
         };
-        let mut leaf = self.segmap.leaf(top);
-        if leaf.is_null() && !self.segmap.first_taken.swap(true, Ordering::Relaxed) {
-            // Zero already; writers hold the page-heap lock, so nobody published one meanwhile.
-            self.segmap.leaves[top].store(INLINE, Ordering::Release);
-            self.segmap.first_top.store(top, Ordering::Release);
-            leaf = self.segmap.leaf(top);
+        let map = &self.segmap;
+        let mut leaf = map.leaf(top);
+        if leaf.is_null() && !map.first_taken.swap(true, Ordering::AcqRel) {
+            // Zero already. Another thread may have published a mapped leaf for this range
+            // meanwhile: then the inline leaf stays unused.
+            if map.leaves[top]
+                .compare_exchange(ptr::null_mut(), INLINE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                map.first_top.store(top, Ordering::Release);
+            }
+            leaf = map.leaf(top);
         }
         if leaf.is_null() {
             let len = LEAF_BYTES.next_multiple_of(P::PAGE_SIZE);
@@ -176,12 +185,24 @@ impl<P: Platform> Core<P> {
                 // SAFETY: fresh memory of `len` bytes.
                 unsafe { p.as_ptr().write_bytes(0, len) };
             }
-            leaf = p.as_ptr().cast();
-            // Writers hold the page-heap lock, so nobody published another leaf meanwhile.
-            self.segmap.leaves[top].store(leaf, Ordering::Release);
+            let fresh = p.as_ptr().cast();
+            leaf = match map.leaves[top].compare_exchange(
+                ptr::null_mut(),
+                fresh,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => fresh,
+                Err(_) => {
+                    // Another thread published one first: ours was never seen.
+                    // SAFETY: the mapping made above, unused.
+                    unsafe { self.os_unmap(p, len) };
+                    map.leaf(top)
+                }
+            };
         }
-        self.segmap.lo.fetch_min(top, Ordering::Relaxed);
-        self.segmap.hi.fetch_max(top, Ordering::Relaxed);
+        map.lo.fetch_min(top, Ordering::Relaxed);
+        map.hi.fetch_max(top, Ordering::Relaxed);
         // SAFETY: a published leaf, never unmapped.
         unsafe { (*leaf.add(word)).fetch_or(bit, Ordering::Relaxed) };
         true

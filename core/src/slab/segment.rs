@@ -32,13 +32,20 @@ const ALL_SLICES: u64 = !1;
 /// Dirty bytes tolerated before free slices are purged at once (plus an eighth of `usage()`).
 const PURGE_SLACK: usize = 8 << 20;
 
+/// Segments whose dirty slices one trip of the page-heap lock takes for purging.
+const PURGE_BATCH: usize = 16;
+
 /// The header of a segment, at its start.
 ///
 /// `slice_page` is written under the page-heap lock when a span is handed out or given back, and
 /// read without a lock by threads freeing a block: a block is reachable only while its span is
 /// live, and the write happened before the block was first handed out. The page-heap fields
-/// (`free`, `committed`, `next`, `prev`) are touched only under the page-heap lock. `pages[i]`
-/// follows [`Page`]'s rules while slice `i` starts a live span.
+/// (`free`, `committed`, `purging`, `next`, `prev`, `meta_end`) are touched only under the
+/// page-heap lock. `pages[i]` follows [`Page`]'s rules while slice `i` starts a live span.
+///
+/// Invariants (under the lock): `purging ⊆ free ∩ committed`; the segment is on the partial
+/// list iff `free ≠ 0` and it is not the spare; it is given back only when `free` is every
+/// slice and `purging = 0`.
 ///
 /// All-zero bytes are a valid empty header.
 #[repr(C)]
@@ -52,6 +59,9 @@ pub(crate) struct Segment {
     /// Committed slices: handed out now, or free but not yet purged ("dirty"). Bit 0 is the
     /// header.
     committed: u64,
+    /// Free slices a thread is purging outside the lock: not handed out, not dirty, and they
+    /// keep the segment from being given back until the purge is done.
+    purging: u64,
     /// Links in the page heap's list of segments with a free slice.
     next: *mut Segment,
     /// See `next`.
@@ -115,6 +125,45 @@ impl PageHeap {
         self.partial = s;
     }
 
+    /// Takes `seg`'s dirty slices for a purge outside the lock: they become `purging` — not
+    /// handed out, not dirty. Returns their mask (0: none).
+    ///
+    /// # Safety
+    /// `seg` is live; the caller holds the lock.
+    unsafe fn take_dirty(&mut self, seg: *mut Segment) -> u64 {
+        // SAFETY: page-heap fields of a live segment, under the lock.
+        unsafe {
+            let m = (*seg).free & (*seg).committed & !(*seg).purging & ALL_SLICES;
+            (*seg).purging |= m;
+            self.dirty -= m.count_ones() as usize * SLICE_SIZE;
+            m
+        }
+    }
+
+    /// Keeps `seg`, whose every slice is free, as the spare, or takes it off the page heap to be
+    /// given back: `Some((segment, its dirty bytes))`. `None` (nothing to do) if a slice is in
+    /// use or being purged, or the segment is pinned.
+    ///
+    /// # Safety
+    /// `seg` is live and on the partial list; the caller holds the lock.
+    unsafe fn release_if_empty(&mut self, seg: *mut Segment) -> Option<(*mut Segment, usize)> {
+        // SAFETY: page-heap fields of a live segment, under the lock.
+        unsafe {
+            if (*seg).free & ALL_SLICES != ALL_SLICES || (*seg).purging != 0 || (*seg).meta_end != 0 {
+                return None;
+            }
+            self.unlink(seg);
+            if self.spare.is_null() {
+                self.spare = seg;
+                return None;
+            }
+            let dirty = ((*seg).committed & ALL_SLICES).count_ones() as usize * SLICE_SIZE;
+            self.dirty -= dirty;
+            self.segments -= 1;
+            Some((seg, dirty))
+        }
+    }
+
     /// # Safety
     /// `s` is on the partial list; the caller holds the lock.
     unsafe fn unlink(&mut self, s: *mut Segment) {
@@ -133,6 +182,16 @@ impl PageHeap {
             (*s).prev = ptr::null_mut();
         }
     }
+}
+
+/// Why the page heap handed out no span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// The accounting or the page source refused (the caller asks the reclaim policy).
+    Refused,
+    /// No free span, and the caller asked not to map a segment (it holds a lock: it maps one
+    /// with the lock released and tries again).
+    NoSegment,
 }
 
 /// Bits of runs of `n` free slices (`n` a power of two ≤ 8) that start at a multiple of `n`.
@@ -179,8 +238,9 @@ fn header_bytes(page_size: usize) -> usize {
 }
 
 impl<P: Platform> Core<P> {
-    /// A fresh slab page of `class`, owned by `owner`, or `None` when the page source or the
-    /// accounting refuses (the caller decides what the context allows next).
+    /// A fresh slab page of `class`, owned by `owner`; `Err` when the page source or the
+    /// accounting refuses (the caller decides what the context allows next), or — with `map`
+    /// false — when a segment would have to be mapped.
     ///
     /// # Safety
     /// `owner` is the caller's live heap.
@@ -189,7 +249,8 @@ impl<P: Platform> Core<P> {
         owner: *mut super::heap::Heap,
         class: usize,
         eff: Effective,
-    ) -> Option<*mut Page> {
+        map: bool,
+    ) -> Result<*mut Page, Miss> {
         let n = class_slices(class);
         loop {
             {
@@ -198,7 +259,7 @@ impl<P: Platform> Core<P> {
                 while !seg.is_null() {
                     // SAFETY: segments on the partial list are live; we hold the lock.
                     unsafe {
-                        let free = (*seg).free;
+                        let free = (*seg).free & !(*seg).purging;
                         let all = runs(free, n);
                         if all != 0 {
                             let warm = all & runs(free & (*seg).committed, n);
@@ -207,7 +268,7 @@ impl<P: Platform> Core<P> {
                             let clean = run & !(*seg).committed;
                             let clean_bytes = clean.count_ones() as usize * SLICE_SIZE;
                             if clean_bytes != 0 && !self.charge(clean_bytes, eff) {
-                                return None;
+                                return Err(Miss::Refused);
                             }
                             ph.dirty -= (run & (*seg).committed).count_ones() as usize * SLICE_SIZE;
                             (*seg).free &= !run;
@@ -222,7 +283,7 @@ impl<P: Platform> Core<P> {
                                 *map.add(i) = page;
                             }
                             self.counters.slab_pages.fetch_add(1, Ordering::Relaxed);
-                            return Some(page);
+                            return Ok(page);
                         }
                         seg = (*seg).next;
                     }
@@ -234,7 +295,10 @@ impl<P: Platform> Core<P> {
                     continue;
                 }
             }
-            self.segment_add(eff)?;
+            if !map {
+                return Err(Miss::NoSegment);
+            }
+            self.segment_add(eff).ok_or(Miss::Refused)?;
         }
     }
 
@@ -322,19 +386,18 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Maps a segment (outside the page-heap lock: a system call should not make other threads
-    /// spin) and puts it on the partial list; `None` if the accounting or the page source
-    /// refuses.
-    fn segment_add(&self, eff: Effective) -> Option<()> {
+    /// Maps a segment and puts it on the partial list; `None` if the accounting or the page
+    /// source refuses. The mapping — and the segment map's leaf, if one is needed — are made
+    /// before the page-heap lock is taken: no lock is held across a call out.
+    pub(crate) fn segment_add(&self, eff: Effective) -> Option<()> {
         // SAFETY: plain call; the result is a fresh segment.
         let seg = unsafe { self.segment_map(eff)? };
-        let mut ph = self.lock(&self.pages);
         if !self.segmap_insert(seg.addr()) {
-            drop(ph);
             // SAFETY: the fresh segment nobody has seen: empty, unlinked, unreachable.
             unsafe { self.segment_unmap(seg, 0) };
             return None;
         }
+        let mut ph = self.lock(&self.pages);
         ph.segments += 1;
         // SAFETY: a fresh segment on no list, under the lock.
         unsafe { ph.link(seg) };
@@ -381,8 +444,7 @@ impl<P: Platform> Core<P> {
         self.counters.slab_pages.fetch_sub(1, Ordering::Relaxed);
         // Still ours: poisoned before another thread can take it.
         crate::track::poison(self.platform.ptr_from_addr(seg.addr() + idx * SLICE_SIZE), n * SLICE_SIZE);
-        let mut unmap = None;
-        let purge_later;
+        let (unmap, purge, purge_later);
         {
             let mut ph = self.lock(&self.pages);
             // SAFETY: the segment is live (it holds this page); page-heap fields under the lock.
@@ -400,23 +462,20 @@ impl<P: Platform> Core<P> {
                 }
                 // Dirty memory appeared: have the background thread purge it if it waits.
                 purge_later = P::CAN_PURGE && ph.clock.arm(|| self.platform.now_ns());
-                if (*seg).free & ALL_SLICES == ALL_SLICES {
-                    if (*seg).meta_end != 0 {
-                        // Pinned: stays on the partial list.
-                    } else if ph.spare.is_null() {
-                        ph.unlink(seg);
-                        ph.spare = seg;
-                    } else {
-                        ph.unlink(seg);
-                        let dirty = ((*seg).committed & ALL_SLICES).count_ones() as usize * SLICE_SIZE;
-                        ph.dirty -= dirty;
-                        ph.segments -= 1;
-                        unmap = Some((seg, dirty));
-                    }
-                } else if P::CAN_PURGE && ph.dirty > PURGE_SLACK + self.acct.usage() / 8 {
-                    ph.dirty -= self.segment_purge(seg);
-                }
+                unmap = ph.release_if_empty(seg);
+                purge = if unmap.is_none()
+                    && (*seg).free & ALL_SLICES != ALL_SLICES
+                    && P::CAN_PURGE
+                    && ph.dirty > PURGE_SLACK + self.acct.usage() / 8
+                {
+                    ph.take_dirty(seg)
+                } else {
+                    0
+                };
             }
+        }
+        if purge != 0 {
+            self.purge_taken(&[(seg, purge)]);
         }
         if let Some((seg, dirty)) = unmap {
             // SAFETY: the segment is empty and on no list; nobody can reach it.
@@ -452,31 +511,52 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Purges every free, committed slice of `seg`; returns the bytes given back.
-    ///
-    /// # Safety
-    /// `seg` is live; the caller holds the page-heap lock (so no span of it can be handed out
-    /// while its memory is being purged).
-    unsafe fn segment_purge(&self, seg: *mut Segment) -> usize {
-        // SAFETY: page-heap fields under the lock.
-        let mut dirty = unsafe { (*seg).free & (*seg).committed & ALL_SLICES };
+    /// Purges the slices [`take_dirty`](PageHeap::take_dirty) took — `(segment, mask)` pairs —
+    /// with no lock held, then hands them back to the page heap: purged ones uncommitted and
+    /// uncharged, the others dirty again. A segment whose every slice is then free is kept as
+    /// the spare or given back, as [`span_free`](Self::span_free) would have. Returns the bytes
+    /// purged.
+    fn purge_taken(&self, taken: &[(*mut Segment, u64)]) -> usize {
+        debug_assert!(taken.len() <= PURGE_BATCH);
+        let mut purged = [0u64; PURGE_BATCH];
         let mut given = 0;
-        while dirty != 0 {
-            let start = dirty.trailing_zeros() as usize;
-            let len = (dirty >> start).trailing_ones() as usize;
-            let run = run_mask(start, len);
-            let ptr = self.platform.ptr_from_addr(seg.addr() + start * SLICE_SIZE);
-            // SAFETY: free slices of a live segment hold nothing anyone reads.
-            if unsafe { self.platform.purge(NonNull::new_unchecked(ptr), len * SLICE_SIZE) } {
-                // SAFETY: under the lock.
-                unsafe { (*seg).committed &= !run };
-                given += len * SLICE_SIZE;
+        for (&(seg, mask), done) in taken.iter().zip(purged.iter_mut()) {
+            let mut left = mask;
+            while left != 0 {
+                let start = left.trailing_zeros() as usize;
+                let len = (left >> start).trailing_ones() as usize;
+                let run = run_mask(start, len);
+                let ptr = self.platform.ptr_from_addr(seg.addr() + start * SLICE_SIZE);
+                // SAFETY: slices this thread took from the page heap: free, and no span is cut
+                // from them (nor the segment given back) until they are handed back below.
+                if unsafe { self.out("purge").purge(NonNull::new_unchecked(ptr), len * SLICE_SIZE) } {
+                    *done |= run;
+                    given += len * SLICE_SIZE;
+                }
+                left &= !run;
             }
-            dirty &= !run;
         }
         if given != 0 {
             self.uncharge(given);
             self.counters.purged.fetch_add(given, Ordering::Relaxed);
+        }
+        let mut unmaps = [None; PURGE_BATCH];
+        {
+            let mut ph = self.lock(&self.pages);
+            for ((&(seg, mask), &done), unmap) in taken.iter().zip(&purged).zip(unmaps.iter_mut()) {
+                // SAFETY: the segments are live (their `purging` slices keep them); page-heap
+                // fields under the lock.
+                unsafe {
+                    (*seg).purging &= !mask;
+                    (*seg).committed &= !done;
+                    ph.dirty += (mask & !done).count_ones() as usize * SLICE_SIZE;
+                    *unmap = ph.release_if_empty(seg);
+                }
+            }
+        }
+        for (seg, dirty) in unmaps.into_iter().flatten() {
+            // SAFETY: empty and off every list: nobody can reach it.
+            unsafe { self.segment_unmap(seg, dirty) };
         }
         given
     }
@@ -504,22 +584,42 @@ impl<P: Platform> Core<P> {
     }
 
     /// Purges every dirty slice and returns the spare segment: the page heap's part of
-    /// [`Core::trim`].
+    /// [`Core::trim`]. The purges are made outside the lock, [`PURGE_BATCH`] segments at a time.
     pub(crate) fn pages_trim(&self) {
-        let spare = {
-            let mut ph = self.lock(&self.pages);
-            if P::CAN_PURGE {
-                let mut seg = ph.partial;
-                while !seg.is_null() {
-                    // SAFETY: live segment on the partial list, under the lock.
-                    unsafe {
-                        ph.dirty -= self.segment_purge(seg);
-                        seg = (*seg).next;
+        if P::CAN_PURGE {
+            loop {
+                let mut taken = [(ptr::null_mut(), 0u64); PURGE_BATCH];
+                let mut n = 0;
+                {
+                    let mut ph = self.lock(&self.pages);
+                    let mut seg = ph.partial;
+                    while !seg.is_null() && n < PURGE_BATCH {
+                        // SAFETY: live segment on the partial list, under the lock.
+                        unsafe {
+                            let m = ph.take_dirty(seg);
+                            if m != 0 {
+                                taken[n] = (seg, m);
+                                n += 1;
+                            }
+                            seg = (*seg).next;
+                        }
                     }
                 }
+                if n == 0 {
+                    break;
+                }
+                let given = self.purge_taken(&taken[..n]);
+                // A full batch: the list may hold more. Stop if the platform purged nothing (its
+                // slices are dirty again and would be taken again).
+                if n < PURGE_BATCH || given == 0 {
+                    break;
+                }
             }
+        }
+        let spare = {
+            let mut ph = self.lock(&self.pages);
             let spare = core::mem::replace(&mut ph.spare, ptr::null_mut());
-            if !spare.is_null() {
+            let spare = if !spare.is_null() {
                 // SAFETY: the spare is live; under the lock.
                 let dirty = unsafe { (*spare).committed & ALL_SLICES }.count_ones() as usize * SLICE_SIZE;
                 ph.dirty -= dirty;
@@ -527,7 +627,12 @@ impl<P: Platform> Core<P> {
                 Some((spare, dirty))
             } else {
                 None
+            };
+            if ph.dirty == 0 {
+                // Everything was given back: nothing waits for the purge.
+                ph.clock.disarm();
             }
+            spare
         };
         if let Some((seg, dirty)) = spare {
             // SAFETY: the spare was empty and is now unreachable.
