@@ -186,7 +186,13 @@ impl<P: Platform> Core<P> {
     #[inline(always)]
     fn entry(&self, entry: &'static str) {
         #[cfg(debug_assertions)]
-        self.check_entry(self.platform.thread(), entry);
+        {
+            // A thread without a context holds no lock; the check does not set one up.
+            let t = self.platform.thread_if_any();
+            if !t.is_null() {
+                self.check_entry(t, entry);
+            }
+        }
         let _ = entry;
     }
 
@@ -291,7 +297,33 @@ impl<P: Platform> Core<P> {
     /// `size <= SMALL_MAX`.
     #[inline(always)]
     unsafe fn alloc_small(&self, size: usize) -> *mut u8 {
-        let t = self.platform.thread();
+        let t = self.platform.thread_if_any();
+        if t.is_null() {
+            // SAFETY: forwarded.
+            return unsafe { self.alloc_small_first(size) };
+        }
+        // SAFETY: forwarded; `t` is the calling thread's context.
+        unsafe { self.alloc_small_at(t, size) }
+    }
+
+    /// [`alloc_small`](Self::alloc_small) on a thread the platform has no context for yet: it
+    /// gets one. Out of line, so that the fast path keeps nothing live across the setup.
+    ///
+    /// # Safety
+    /// `size <= SMALL_MAX`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_small_first(&self, size: usize) -> *mut u8 {
+        // SAFETY: forwarded; the platform hands out the calling thread's context.
+        unsafe { self.alloc_small_at(self.platform.thread(), size) }
+    }
+
+    /// [`alloc_small`](Self::alloc_small) with the calling thread's context `t` in hand.
+    ///
+    /// # Safety
+    /// `size <= SMALL_MAX`; `t` is the calling thread's context.
+    #[inline(always)]
+    unsafe fn alloc_small_at(&self, t: *const ThreadCtx, size: usize) -> *mut u8 {
         self.check_entry(t, "alloc");
         #[cfg(feature = "hooks")]
         // SAFETY: the platform hands out the calling thread's context.
@@ -411,8 +443,10 @@ impl<P: Platform> Core<P> {
             #[cfg(feature = "hardened")]
             let raw = if check { crate::hardened::link_word(block) } else { 0 };
             crate::track::poison_block(block.cast(), (*page).block_size as usize);
-            let heap = (*self.platform.thread()).heap.get();
-            if (*page).owner.load(Ordering::Relaxed) == heap {
+            // A thread without a context owns no page: the free is remote.
+            let t = self.platform.thread_if_any();
+            if !t.is_null() && (*page).owner.load(Ordering::Relaxed) == (*t).heap.get() {
+                let heap = (*t).heap.get();
                 let head = (*page).local_free;
                 Block::set_next(block, head);
                 (*page).local_free = block;
@@ -763,8 +797,39 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `ptr` is null, a live block of this allocator that the caller gives up, or a pointer this
     /// allocator never handed out. (A slab block freed twice is not detected here.)
+    #[inline]
     pub unsafe fn kfree(&self, ptr: *mut u8) {
         self.entry("kfree");
+        #[cfg(feature = "tags")]
+        if self.debug.tags.any_live() {
+            // SAFETY: forwarded.
+            return unsafe { self.kfree_slow(ptr) };
+        }
+        // The fast path: a block of a segment in the segment map's inline leaf (one compare,
+        // one load), then what `dealloc` does. Everything else — null, a large area, a pointer
+        // ctxalloc never handed out — leaves for the slow path.
+        let addr = ptr.addr();
+        if self.segmap.contains_fast(addr) {
+            // SAFETY: the segment is live, so its header is mapped.
+            let page = unsafe { self.page_of(addr) };
+            if !page.is_null() {
+                // SAFETY: a block of a live slab page that the caller gives up, rebuilt from
+                // the mapping's provenance (under `hardened`, one that looks free already is
+                // looked at closer first).
+                return unsafe { self.slab_free_in(page, self.platform.ptr_from_addr(addr).cast(), true) };
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { self.kfree_slow(ptr) }
+    }
+
+    /// [`kfree`](Self::kfree) off its fast path.
+    ///
+    /// # Safety
+    /// As [`kfree`](Self::kfree).
+    #[cold]
+    #[inline(never)]
+    unsafe fn kfree_slow(&self, ptr: *mut u8) {
         if ptr.is_null() {
             return;
         }

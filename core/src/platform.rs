@@ -130,6 +130,16 @@ pub unsafe trait Platform: Sync {
     /// access.
     fn thread(&self) -> *const ThreadCtx;
 
+    /// The calling thread's context if [`thread`](Platform::thread) has handed it out on this
+    /// thread before, else null — or, as by default, [`thread`](Platform::thread). The fast
+    /// paths ask this first and leave for an out-of-line path on null, so that a platform whose
+    /// `thread` sets the context up lazily keeps that call (and the registers it clobbers) off
+    /// every allocation and free. A thread without a context owns no page.
+    #[inline(always)]
+    fn thread_if_any(&self) -> *const ThreadCtx {
+        self.thread()
+    }
+
     /// Called once on a thread when it first gets a heap: register whatever will call
     /// [`Core::thread_exit`](crate::Core::thread_exit) when the thread ends.
     fn thread_attached(&self) {}

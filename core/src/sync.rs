@@ -15,6 +15,57 @@ use core::cell::UnsafeCell;
 #[cfg(not(loom))]
 use core::ops::{Deref, DerefMut};
 
+/// An array of `N` atomic words or bytes kept in *one* `UnsafeCell`: every access goes through
+/// an atomic made from a pointer to its element (`AtomicU8::from_ptr`…), and nothing else
+/// reads or writes the array. Equivalent to `[AtomicU8; N]`, except under miri, whose Stacked
+/// Borrows retag of every `&Core` walks each `UnsafeCell` of the structure: the segment map's
+/// 34 816 atomics made each method call on the core cost as much.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct Atomics<T, const N: usize>(UnsafeCell<[T; N]>);
+
+// SAFETY: the elements are only ever accessed through atomics (see the type's documentation),
+// which may be shared between threads.
+#[cfg(not(loom))]
+unsafe impl<T, const N: usize> Sync for Atomics<T, N> {}
+// SAFETY: as an array of atomics, it may move to another thread with what it holds.
+#[cfg(not(loom))]
+unsafe impl<T, const N: usize> Send for Atomics<T, N> {}
+
+#[cfg(not(loom))]
+impl<const N: usize> Atomics<u8, N> {
+    /// All zero.
+    pub(crate) const fn zeroed() -> Self {
+        Atomics(UnsafeCell::new([0; N]))
+    }
+
+    /// Element `i`. Panics if out of bounds.
+    #[inline(always)]
+    pub(crate) fn at(&self, i: usize) -> &core::sync::atomic::AtomicU8 {
+        assert!(i < N);
+        // SAFETY: in bounds; a `u8` has an `AtomicU8`'s size and alignment; the array is only
+        // accessed through such atomics, for as long as `self` is borrowed.
+        unsafe { core::sync::atomic::AtomicU8::from_ptr(self.0.get().cast::<u8>().add(i)) }
+    }
+}
+
+#[cfg(not(loom))]
+impl<P, const N: usize> Atomics<*mut P, N> {
+    /// All null.
+    pub(crate) const fn null() -> Self {
+        Atomics(UnsafeCell::new([core::ptr::null_mut(); N]))
+    }
+
+    /// Element `i`. Panics if out of bounds.
+    #[inline(always)]
+    pub(crate) fn at(&self, i: usize) -> &AtomicPtr<P> {
+        assert!(i < N);
+        // SAFETY: in bounds; a pointer has an `AtomicPtr`'s size and alignment; the array is
+        // only accessed through such atomics, for as long as `self` is borrowed.
+        unsafe { AtomicPtr::from_ptr(self.0.get().cast::<*mut P>().add(i)) }
+    }
+}
+
 /// An `UnsafeCell` with loom's closure API, so that loom can check every access for data races.
 #[cfg(not(loom))]
 #[repr(transparent)]

@@ -25,7 +25,9 @@ fn set_errno(e: i32) {
 }
 
 /// Allocates `size` bytes at `align` (a power of two), zeroed if asked; null and `ENOMEM` if
-/// the layout is impossible or no memory can be had.
+/// the layout is impossible or no memory can be had. Out of line: `malloc` inlines its own
+/// fast path.
+#[inline(never)]
 fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
     count();
     let Ok(layout) = Layout::from_size_align(size, align.max(MALLOC_ALIGN)) else {
@@ -49,7 +51,18 @@ fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
 /// `malloc(3)`.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    alloc(size, MALLOC_ALIGN, false)
+    if size > isize::MAX as usize - MALLOC_ALIGN {
+        return alloc(size, MALLOC_ALIGN, false);
+    }
+    count();
+    // SAFETY: `size` rounded up to `MALLOC_ALIGN` stays within `isize::MAX`.
+    let layout = unsafe { Layout::from_size_align_unchecked(size, MALLOC_ALIGN) };
+    // SAFETY: any layout is accepted.
+    let p = unsafe { ALLOC.alloc(layout) };
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
 }
 
 /// `calloc(3)`: null and `ENOMEM` if `n * size` overflows. Fresh memory is not cleared twice.

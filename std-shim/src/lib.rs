@@ -246,6 +246,7 @@ pub unsafe fn usable_size(ptr: NonNull<u8>, layout: Layout) -> usize {
 /// # Safety
 /// `ptr` is null, a live block of this allocator that the caller gives up, or a pointer it
 /// never handed out.
+#[inline]
 pub unsafe fn kfree(ptr: *mut u8) {
     // SAFETY: forwarded contract.
     unsafe { CORE.kfree(ptr) }

@@ -63,6 +63,24 @@ unsafe impl GlobalAlloc for Floor {
     }
 }
 
+/// ctxalloc with C's free: blocks are freed without their layout (`ctxalloc::kfree`, what the
+/// preload library's `free` calls).
+struct Unsized;
+
+// SAFETY: forwards to ctxalloc; `kfree` takes any block ctxalloc handed out.
+unsafe impl GlobalAlloc for Unsized {
+    #[inline]
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { ctxalloc::CtxAlloc::new().alloc(l) }
+    }
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, _l: Layout) {
+        // SAFETY: a live block of ctxalloc's.
+        unsafe { ctxalloc::kfree(p) }
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "ctxalloc".into());
@@ -79,6 +97,10 @@ fn main() {
     }
     if which == "floor" {
         run(&Called(Floor), n);
+        return;
+    }
+    if which == "ctxalloc-kfree" {
+        run(&Called(Unsized), n);
         return;
     }
     with_allocator!(which.as_str(), |a| run(a, n));

@@ -73,6 +73,10 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 std::thread_local! {
     /// This thread's context for each mock instance it has used.
     static CONTEXTS: RefCell<Vec<(usize, Box<ThreadCtx>)>> = const { RefCell::new(Vec::new()) };
+    /// The instance and context `thread` returned last on this thread: one compare instead of
+    /// a search (the core asks for its context on every allocation, free and lock — under
+    /// miri each search is interpreted).
+    static LAST: core::cell::Cell<(usize, *const ThreadCtx)> = const { core::cell::Cell::new((0, core::ptr::null())) };
 }
 
 /// A zeroed arena of a dropped instance.
@@ -183,6 +187,11 @@ impl Drop for MockPlatform {
     fn drop(&mut self) {
         // This thread's context for this instance goes too (other threads' go with them).
         let _ = CONTEXTS.try_with(|c| c.borrow_mut().retain(|(id, _)| *id != self.id));
+        let _ = LAST.try_with(|l| {
+            if l.get().0 == self.id {
+                l.set((0, core::ptr::null()));
+            }
+        });
         // Zero what is still mapped (unmapped ranges were zeroed by `unmap`), then keep the
         // arena for the next instance, or free it.
         let bits = &self.mapped.get_mut().unwrap().0;
@@ -222,14 +231,31 @@ unsafe impl Platform for MockPlatform {
     const CAN_PURGE: bool = true;
 
     fn thread(&self) -> *const ThreadCtx {
-        CONTEXTS.with(|c| {
+        let (id, ctx) = LAST.with(|l| l.get());
+        if id == self.id {
+            return ctx;
+        }
+        let ctx = CONTEXTS.with(|c| {
             let mut c = c.borrow_mut();
             if let Some((_, ctx)) = c.iter().find(|(id, _)| *id == self.id) {
                 return &**ctx as *const ThreadCtx;
             }
             c.push((self.id, Box::new(ThreadCtx::new())));
             &*c.last().unwrap().1 as *const ThreadCtx
-        })
+        });
+        LAST.with(|l| l.set((self.id, ctx)));
+        ctx
+    }
+
+    /// Null until `thread` ran on this thread for this instance (and again after another
+    /// instance was used on it): the fast paths' out-of-line way in is exercised too.
+    fn thread_if_any(&self) -> *const ThreadCtx {
+        let (id, ctx) = LAST.with(|l| l.get());
+        if id == self.id {
+            ctx
+        } else {
+            core::ptr::null()
+        }
     }
 
     unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {

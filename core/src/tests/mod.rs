@@ -216,6 +216,50 @@ fn cross_thread_frees_are_reused_by_the_owner() {
 }
 
 #[test]
+fn a_thread_whose_first_call_is_a_free_frees_remotely_then_allocates() {
+    // The fast paths ask the platform for a context it already has (the mock: none until
+    // `thread` ran on the thread); a thread without one frees to the owner's remote list and
+    // gets its context on its first allocation.
+    let core = new_core(8);
+    let l = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a valid layout.
+    let p = unsafe { core.alloc(l) };
+    assert!(!p.is_null());
+    let a = p.addr();
+    thread::scope(|s| {
+        s.spawn(|| {
+            assert!(core.platform().thread_if_any().is_null());
+            // SAFETY: the main thread's block, given up.
+            unsafe { core.kfree(core.platform().ptr_from_addr(a)) };
+            assert!(core.platform().thread_if_any().is_null(), "a remote free needs no context");
+            // SAFETY: a valid layout.
+            let q = unsafe { core.alloc(l) };
+            assert!(!q.is_null() && q.addr() != a);
+            assert!(!core.platform().thread_if_any().is_null());
+            // SAFETY: this thread's block.
+            unsafe { core.dealloc(q, l) };
+            core.thread_exit();
+        });
+    });
+    // The owner finds the block on its page's remote list.
+    let per_page = SLICE_SIZE / 48 + 1;
+    let mut got = Vec::new();
+    let found = (0..per_page).any(|_| {
+        // SAFETY: a valid layout.
+        let q = unsafe { core.alloc(l) };
+        got.push(q);
+        q.addr() == a
+    });
+    assert!(found, "the remotely freed block never came back");
+    for q in got {
+        // SAFETY: blocks of `l`.
+        unsafe { core.dealloc(q, l) };
+    }
+    core.thread_exit();
+    assert_all_returned(&core);
+}
+
+#[test]
 fn pages_of_exited_threads_are_adopted_and_returned() {
     let core = new_core(32);
     let n = if MIRI { 40 } else { 3000 };
