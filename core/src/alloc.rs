@@ -414,13 +414,14 @@ impl<P: Platform> Core<P> {
             return unsafe { self.slab_free_far(ptr) };
         }
         // SAFETY: a live block keeps its page and segment live (under `hardened`: the segment
-        // is live, and a null slice entry is caught before use). The block pointer is rebuilt
-        // from the mapping's provenance, not the caller's (which may be narrower).
+        // is live, and a slice of no live page maps to the empty page, caught before use). The
+        // block pointer is rebuilt from the mapping's provenance, not the caller's (which may be
+        // narrower).
         unsafe {
             let page = self.page_of(addr);
             let block = self.platform.ptr_from_addr(addr).cast::<Block>();
             #[cfg(feature = "hardened")]
-            if page.is_null() {
+            if page == Page::empty() {
                 return self.slab_free_suspect(page, block);
             }
             self.slab_free_in(page, block, true);
@@ -488,9 +489,6 @@ impl<P: Platform> Core<P> {
         unsafe {
             let page = self.page_of(ptr.addr());
             let block = self.platform.ptr_from_addr(ptr.addr()).cast::<Block>();
-            if page.is_null() {
-                return self.slab_free_suspect(page, block);
-            }
             self.slab_free_in(page, block, true);
         }
     }
@@ -506,8 +504,8 @@ impl<P: Platform> Core<P> {
     #[cold]
     #[inline(never)]
     unsafe fn slab_free_suspect(&self, page: *mut Page, block: *mut Block) {
-        if page.is_null() {
-            return self.bad_slab_free(block.cast(), "inside a ctxalloc segment but not in a slab page");
+        if page == Page::empty() {
+            return self.bad_free(block.cast(), None, crate::slab::heap::NOT_IN_A_PAGE);
         }
         // SAFETY: a live page of a live segment; the owner may walk its own lists.
         unsafe {
@@ -761,11 +759,11 @@ impl<P: Platform> Core<P> {
     fn owner_of(&self, ptr: *const u8) -> Owner {
         if self.segmap.contains(ptr.addr()) {
             // SAFETY: the segment is live, so its header is mapped; a free or header slice maps
-            // to null, and a freed span's descriptor has block size 0.
+            // to the empty page, and a freed span's descriptor has block size 0.
             let page = unsafe { self.page_of(ptr.addr()) };
             // SAFETY: as above.
-            if page.is_null() || unsafe { (*page).block_size } == 0 {
-                return Owner::Foreign("inside a ctxalloc segment but not in a live slab page");
+            if unsafe { (*page).block_size } == 0 {
+                return Owner::Foreign(crate::slab::heap::NOT_IN_A_PAGE);
             }
             // SAFETY: as above.
             return Owner::Slab(unsafe { (*page).block_size } as usize);
@@ -806,18 +804,18 @@ impl<P: Platform> Core<P> {
             return unsafe { self.kfree_slow(ptr) };
         }
         // The fast path: a block of a segment in the segment map's inline leaf (one compare,
-        // one load), then what `dealloc` does. Everything else — null, a large area, a pointer
-        // ctxalloc never handed out — leaves for the slow path.
+        // one load), then what `dealloc` does — a slice of no live page maps to the empty page,
+        // which no heap owns: its free leaves for `free_slow`, which reports it. Everything
+        // else — null, a large area, a pointer ctxalloc never handed out — leaves for the slow
+        // path.
         let addr = ptr.addr();
         if self.segmap.contains_fast(addr) {
-            // SAFETY: the segment is live, so its header is mapped.
-            let page = unsafe { self.page_of(addr) };
-            if !page.is_null() {
-                // SAFETY: a block of a live slab page that the caller gives up, rebuilt from
-                // the mapping's provenance (under `hardened`, one that looks free already is
-                // looked at closer first).
-                return unsafe { self.slab_free_in(page, self.platform.ptr_from_addr(addr).cast(), true) };
-            }
+            // SAFETY: the segment is live, so its header is mapped; the pointer is a block the
+            // caller gives up or lies in no live page (reported), rebuilt from the mapping's
+            // provenance (under `hardened`, one that looks free already is looked at closer).
+            return unsafe {
+                self.slab_free_in(self.page_of(addr), self.platform.ptr_from_addr(addr).cast(), true)
+            };
         }
         // SAFETY: forwarded.
         unsafe { self.kfree_slow(ptr) }

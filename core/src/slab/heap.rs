@@ -230,6 +230,9 @@ pub(crate) unsafe fn pop<P: Platform>(core: &Core<P>, page: *mut Page, size: usi
     }
 }
 
+/// Why a free into a segment slice of no live page is bad.
+pub(crate) const NOT_IN_A_PAGE: &str = "inside a ctxalloc segment but not in a live slab page";
+
 impl<P: Platform> Core<P> {
     /// The slow path of a slab allocation: attaches a heap to a new thread, sends exited threads
     /// to the orphan heap, then finds a page with room.
@@ -391,12 +394,19 @@ impl<P: Platform> Core<P> {
     /// remote list, or — if the page's thread has exited — the abandoned-page path.
     ///
     /// # Safety
-    /// `block` is a live block of `page`, and `page` is not owned by the calling thread's heap.
+    /// `block` is a live block of `page`, and `page` is not owned by the calling thread's heap;
+    /// or `page` is the empty page or a given-back descriptor (the free is reported).
     #[inline(never)]
     pub(crate) unsafe fn free_slow(&self, page: *mut Page, block: *mut Block) {
         // SAFETY: the caller's block keeps the page live until it is pushed or freed; the
         // platform hands out the calling thread's context.
         unsafe {
+            if page == Page::empty() {
+                // A slice of no live page: what a free without a size may be given (a stale
+                // pointer whose page went back), reported like any pointer ctxalloc does not
+                // hold.
+                return self.bad_free(block.cast(), None, NOT_IN_A_PAGE);
+            }
             if (*page).block_size == 0 {
                 // The page was given back: every block of it was freed already.
                 return self.bad_slab_free(block.cast(), "its page holds no live block (freed twice?)");

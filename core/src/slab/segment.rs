@@ -47,10 +47,13 @@ const PURGE_BATCH: usize = 16;
 /// list iff `free ≠ 0` and it is not the spare; it is given back only when `free` is every
 /// slice and `purging = 0`.
 ///
-/// All-zero bytes are a valid empty header.
+/// All-zero bytes plus `slice_page` pointing at the empty page everywhere are a valid empty
+/// header.
 #[repr(C)]
 pub(crate) struct Segment {
-    /// Slice → descriptor of the page covering it (null when free or the header).
+    /// Slice → descriptor of the page covering it; the static empty page ([`Page::empty`]:
+    /// block size 0, no owner) when free or the header — never null, so a free without a size
+    /// needs no test before reading the descriptor.
     pub(crate) slice_page: [*mut Page; SLICES],
     /// Descriptors: the one at a span's first slice describes the span's page.
     pub(crate) pages: [Page; SLICES],
@@ -419,11 +422,13 @@ impl<P: Platform> Core<P> {
             return None;
         };
         let seg = p.as_ptr().cast::<Segment>();
-        // SAFETY: fresh memory of at least a slice; all-zero is a valid empty header.
+        // SAFETY: fresh memory of at least a slice; all-zero and the empty page in every slot
+        // is a valid empty header.
         unsafe {
             if !P::MAP_ZEROED {
                 ptr::write_bytes(p.as_ptr(), 0, core::mem::size_of::<Segment>());
             }
+            (*seg).slice_page = [Page::empty(); SLICES];
             (*seg).free = ALL_SLICES;
             (*seg).committed = 1;
         }
@@ -451,7 +456,7 @@ impl<P: Platform> Core<P> {
             unsafe {
                 let map = (&raw mut (*seg).slice_page).cast::<*mut Page>();
                 for i in idx..idx + n {
-                    *map.add(i) = ptr::null_mut();
+                    *map.add(i) = Page::empty();
                 }
                 (*page).block_size = 0;
                 let was_full = (*seg).free & ALL_SLICES == 0;
@@ -640,10 +645,10 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// The page covering `addr`, which must lie in a live slab page.
+    /// The page covering `addr`: the empty page ([`Page::empty`]) for a slice of no live page.
     ///
     /// # Safety
-    /// `addr` is inside a block of a live slab page.
+    /// `addr` lies in a live segment.
     #[inline(always)]
     pub(crate) unsafe fn page_of(&self, addr: usize) -> *mut Page {
         let seg = self.platform.ptr_from_addr(addr & !SEGMENT_MASK).cast::<Segment>();

@@ -104,3 +104,27 @@ fn kfree_of_a_pointer_ctxalloc_never_handed_out_is_reported_not_followed() {
     assert_eq!(core.stats().bad_frees, 4);
     assert_all_returned(&core);
 }
+
+#[test]
+fn kfree_into_a_segment_slice_of_no_page_is_reported_and_writes_nothing() {
+    // The segment map's fast test finds the segment; the slice maps to the empty page (here
+    // the header slice, past the header): the free is reported with the pointer, not followed.
+    let core = new_core(16);
+    let live = kmalloc(&core, 100);
+    let inside = (live.addr() & !(SEGMENT_SIZE - 1)) + SLICE_SIZE - 64;
+    let p = core.platform().ptr_from_addr(inside);
+    // SAFETY: the header slice is mapped while the segment is live.
+    let before = unsafe { core::ptr::read(p.cast::<[u8; 64]>()) };
+    // SAFETY: the contract allows any pointer.
+    unsafe { core.kfree(p) };
+    assert_eq!(core.stats().bad_frees, 1);
+    let want = std::format!("{p:p}");
+    let r = core.platform().reports();
+    assert!(r.iter().any(|m| m.contains(&want) && m.contains("not in a live slab page")), "{r:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { core::ptr::read(p.cast::<[u8; 64]>()) }, before, "written through");
+    assert_eq!(core.ksize(p), 0);
+    // SAFETY: the live block, given up.
+    unsafe { core.kfree(live) };
+    assert_all_returned(&core);
+}
