@@ -60,8 +60,10 @@ fn a_thousand_threads_whose_objects_outlive_them() {
     assert_eq!(s.abandoned_pages, 0, "every abandoned page was emptied and given back\n{s}");
     assert_eq!(s.vmap_areas, 0, "{s}");
     // What may stay: this thread's one page per class, the spare segment, dirty slices below
-    // the purge threshold.
-    assert!(after <= start + (16 << 20), "usage {after} vs start {start} (peak {peak_live})\n{s}");
+    // the purge threshold (16 MiB in all), and freed large areas in vmap's cache — at most as
+    // many bytes as are in use outside it, plus 4 MiB.
+    let outside = start + (16 << 20);
+    assert!(after <= 2 * outside + (4 << 20), "usage {after} vs start {start} (peak {peak_live})\n{s}");
     ctxalloc::trim();
     let trimmed = ctxalloc::usage();
     assert!(trimmed <= start + (1 << 20), "after trim: {trimmed} vs start {start}\n{s}");

@@ -601,10 +601,47 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
 }
 
 #[test]
-fn a_freed_large_area_serves_the_next_one() {
-    // The area cache: a freed area is kept mapped and serves the next large allocation it
-    // fits (no new mapping); ZERO still gets zeroes; trim and the purge delay give it back.
+fn a_large_area_cache_in_use_outlives_the_purge_delay_and_goes_once_idle() {
+    // The aged flush skips a cache that served an allocation during the delay; once nothing
+    // is served for a delay, the areas go back. (The mock's clock advances 1 ms per reading.)
     let core = new_core(64);
+    let ballast = Layout::from_size_align(16 << 20, 8).unwrap();
+    let b = core.alloc_with(ballast, Gfp::KERNEL).unwrap();
+    let l = Layout::from_size_align(2 << 20, 8).unwrap();
+    // SAFETY: a valid layout; the area is freed into the cache.
+    unsafe { core.dealloc(core.alloc(l), l) };
+    let maps = core.stats().os_maps;
+    let rounds = 4 * (crate::PURGE_DELAY_NS / 1_000_000);
+    for _ in 0..rounds {
+        core.purge_aged();
+        // SAFETY: as above.
+        unsafe { core.dealloc(core.alloc(l), l) };
+    }
+    assert_eq!(core.stats().os_maps, maps, "every allocation was served from the cache");
+    let busy = core.usage();
+    assert!(busy >= (16 << 20) + (2 << 20), "{}", core.stats());
+    let mut calls = 0;
+    while core.usage() == busy {
+        core.purge_aged();
+        calls += 1;
+        assert!(calls < 10_000, "the idle cache was never flushed");
+    }
+    assert!(core.usage() < (16 << 20) + (2 << 20), "{}", core.stats());
+    // SAFETY: the live ballast.
+    unsafe { core.dealloc(b.as_ptr(), ballast) };
+    core.trim();
+    assert_all_returned(&core);
+}
+
+#[test]
+fn a_freed_large_area_serves_the_next_one() {
+    // The area cache: a freed area is kept mapped and serves the next large allocations (no
+    // new mapping): split when longer, merged when freed, grown when shorter; ZERO still gets
+    // zeroes; trim and the purge delay give it back.
+    let core = new_core(64);
+    // In use meanwhile: the cache may hold as much (plus 4 MiB).
+    let ballast = Layout::from_size_align(24 << 20, 8).unwrap();
+    let b = core.alloc_with(ballast, Gfp::KERNEL).unwrap();
     let l = Layout::from_size_align(3 << 20, 8).unwrap();
     let p = core.alloc_with(l, Gfp::KERNEL).unwrap();
     // SAFETY: 3 MiB of ours.
@@ -619,18 +656,38 @@ fn a_freed_large_area_serves_the_next_one() {
     // SAFETY: 2 MiB of ours.
     let zeroed = unsafe { core::slice::from_raw_parts(q.as_ptr(), 2 << 20) };
     assert!(zeroed.iter().step_by(if MIRI { 4093 } else { 1 }).all(|&b| b == 0));
-    // SAFETY: live area of `smaller`.
-    unsafe { core.dealloc(q.as_ptr(), smaller) };
-    // Too small a cached area (or too big: more than half again) is not used.
+    // The rest of the split area (a third) serves the next one; freed, the two merge again.
+    let third = Layout::from_size_align(1 << 20, 8).unwrap();
+    let r = core.alloc_with(third, Gfp::KERNEL).unwrap();
+    assert_eq!(core.stats().os_maps, maps, "served from the cache");
+    // SAFETY: inside the 3 MiB area.
+    assert_eq!(r.as_ptr(), unsafe { p.as_ptr().add(2 << 20) }, "the split-off rest");
+    // SAFETY: live areas of `smaller` and `third`.
+    unsafe {
+        core.dealloc(q.as_ptr(), smaller);
+        core.dealloc(r.as_ptr(), third);
+    }
+    let whole = core.alloc_with(l, Gfp::KERNEL).unwrap();
+    assert_eq!((whole, core.stats().os_maps), (p, maps), "merged back into one area");
+    // SAFETY: live area of `l`.
+    unsafe { core.dealloc(whole.as_ptr(), l) };
+    // Too short a cached area grows (by `remap`: its touched pages move), zeroed if asked.
     let bigger = Layout::from_size_align(5 << 20, 8).unwrap();
-    let r = core.alloc_with(bigger, Gfp::KERNEL).unwrap();
-    assert_eq!(core.stats().os_maps, maps + 1, "a new mapping");
+    let usage = core.usage();
+    let r = core.alloc_with(bigger, Gfp::ZERO).unwrap();
+    assert_eq!(core.stats().os_maps, maps, "grown, not mapped afresh");
+    assert_eq!(core.usage(), usage + (2 << 20), "the growth is charged");
+    // SAFETY: 5 MiB of ours.
+    let zeroed = unsafe { core::slice::from_raw_parts(r.as_ptr(), 5 << 20) };
+    assert!(zeroed.iter().step_by(if MIRI { 4093 } else { 1 }).all(|&b| b == 0));
     // SAFETY: 5 MiB of ours, then freed.
     unsafe {
         r.as_ptr().add((5 << 20) - 1).write(1);
         core.dealloc(r.as_ptr(), bigger);
     }
-    assert!(core.usage() >= 5 << 20, "cached areas stay charged");
+    assert!(core.usage() >= (24 << 20) + (5 << 20), "cached areas stay charged");
+    // SAFETY: the live ballast.
+    unsafe { core.dealloc(b.as_ptr(), ballast) };
     // The purge delay gives it back (the mock's clock advances 1 ms per reading).
     let mut calls = 0;
     while core.purge_aged() {
