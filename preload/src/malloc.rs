@@ -13,7 +13,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::ptr;
 
 /// C's `max_align_t`: the alignment of every `malloc` block.
-const MALLOC_ALIGN: usize = 16;
+const MALLOC_ALIGN: usize = ctxalloc::MIN_ALIGN;
 /// The page size `valloc` and `pvalloc` align to.
 const PAGE: usize = 4096;
 
@@ -51,11 +51,12 @@ fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
 /// `malloc(3)`.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    if size > isize::MAX as usize - MALLOC_ALIGN {
+    // One compare: the core's own test of the same bound folds into it.
+    if size > ctxalloc::SMALL_MAX {
         return alloc(size, MALLOC_ALIGN, false);
     }
     count();
-    // SAFETY: `size` rounded up to `MALLOC_ALIGN` stays within `isize::MAX`.
+    // SAFETY: a small size at a power-of-two alignment.
     let layout = unsafe { Layout::from_size_align_unchecked(size, MALLOC_ALIGN) };
     // SAFETY: any layout is accepted.
     let p = unsafe { ALLOC.alloc(layout) };

@@ -38,6 +38,13 @@ mod tracked;
 
 /// `allocator_api2`, re-exported: its `Vec` and `Box` take a [`Flagged`] allocator.
 pub use allocator_api2;
+/// The largest size (at alignment [`MIN_ALIGN`]) whose allocation takes the inline fast path —
+/// for wrappers such as C's `malloc` that test the size once and pass the rest on unchecked.
+///
+/// ```
+/// assert!(ctxalloc::SMALL_MAX >= 1024 && ctxalloc::MIN_ALIGN == 16);
+/// ```
+pub use ctxalloc_core::size_class::{MIN_ALIGN, SMALL_MAX};
 pub use ctxalloc_core::{
     emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, ReclaimClass, ScanResult, ShrinkControl,
     Shrinker, ShrinkerRow, ShrinkerStats, Stats,
