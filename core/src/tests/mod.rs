@@ -566,6 +566,41 @@ mod reclaim;
 mod unsized_free;
 
 #[test]
+fn the_only_page_of_a_class_is_kept_empty_for_the_next_slow_paths() {
+    // A class whose only page empties keeps it (and its free list) for RETIRE_CYCLES slow
+    // paths of the heap, then gives it back.
+    let core = new_core(16);
+    let small = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a valid layout; the block is freed at once.
+    let p = unsafe { core.alloc(small) };
+    // SAFETY: as above.
+    unsafe { core.dealloc(p, small) };
+    assert_eq!(core.ksize(p), 48, "the empty page was kept");
+    // SAFETY: as above.
+    let q = unsafe { core.alloc(small) };
+    let page = |a: *mut u8| a.addr() & !(SLICE_SIZE - 1);
+    assert_eq!(page(q), page(p), "the kept page served the next allocation");
+    // SAFETY: as above.
+    unsafe { core.dealloc(q, small) };
+    // Each allocation takes at most one slow path: the page goes back after RETIRE_CYCLES.
+    let big = Layout::from_size_align(16 << 10, 8).unwrap();
+    let mut held = Vec::new();
+    while core.ksize(p) != 0 {
+        // SAFETY: a valid layout.
+        held.push(unsafe { core.alloc(big) });
+        assert!(held.len() < 10_000, "the empty page was never given back");
+    }
+    let cycles = crate::slab::heap::RETIRE_CYCLES as usize;
+    assert!(held.len() >= cycles, "given back after {} allocations", held.len());
+    for b in held {
+        // SAFETY: blocks of `big`.
+        unsafe { core.dealloc(b, big) };
+    }
+    core.thread_exit();
+    assert_all_returned(&core);
+}
+
+#[test]
 fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
     // An idle program holds no empty page, and the background thread's `purge_aged` gives back
     // the dirty slices once they have waited PURGE_DELAY_NS — not before (a working set that
@@ -584,6 +619,11 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
         // SAFETY: live blocks of `l`.
         unsafe { core.dealloc(p.as_ptr(), l) };
     }
+    // A live thread keeps at most one empty page per class (for its next slow paths, tested
+    // below); at exit it keeps none.
+    let classes = sizes.step_by(if MIRI { 240 } else { 16 }).count();
+    assert!(core.stats().slab_pages <= classes, "{}", core.stats());
+    core.thread_exit();
     let s = core.stats();
     assert_eq!(s.slab_pages, 0, "an empty page was kept\n{s}");
     let dirty = core.usage();
