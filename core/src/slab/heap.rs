@@ -46,6 +46,11 @@ pub struct Heap {
     /// Invariant: bit set ⇒ `direct[class]` is a live page of this heap (it may be in use
     /// again; the next slow path clears the bit then).
     pub(crate) retired: u128,
+    /// Slow paths taken (wrapping). Owner only.
+    pub(crate) slow: u32,
+    /// The earliest `retire_at` of the kept pages, when `retired ≠ 0`: before it, a slow path
+    /// looks at none of them. Owner only.
+    pub(crate) retire_due: u32,
     /// The owner is inside a slow path that edits the page lists. Written only by the owner
     /// (Release, so it is set before any list edit becomes visible); read by the child of
     /// `fork`, which must not walk lists a vanished thread left half-edited.
@@ -105,6 +110,8 @@ impl Heap {
             all_next: ptr::null_mut(),
             live: false,
             retired: 0,
+            slow: 0,
+            retire_due: 0,
             busy: AtomicBool::new(false),
         }
     }
@@ -238,7 +245,7 @@ pub(crate) unsafe fn pop<P: Platform>(core: &Core<P>, page: *mut Page, size: usi
 /// Slow paths of its heap an empty page kept for reuse outlives (mimalloc's retire cycles):
 /// a class whose only page empties and refills — per-thread churn over many classes — keeps
 /// its page and its carved free list instead of giving the span back and taking it again.
-pub(crate) const RETIRE_CYCLES: u8 = 16;
+pub(crate) const RETIRE_CYCLES: u32 = 16;
 const _: () = assert!(NUM_CLASSES <= 128, "Heap::retired has a bit per class");
 
 /// Why a free into a segment slice of no live page is bad.
@@ -279,15 +286,16 @@ impl<P: Platform> Core<P> {
         }
         // SAFETY: `heap` is this thread's live heap.
         unsafe {
-            if (*heap).retired != 0 {
+            (*heap).slow = (*heap).slow.wrapping_add(1);
+            if (*heap).retired != 0 && (*heap).slow.wrapping_sub((*heap).retire_due) as i32 >= 0 {
                 self.collect_retired(heap);
             }
             self.heap_alloc(heap, t, class, size, call)
         }
     }
 
-    /// One slow path of `heap` passed: kept empty pages count down, and go back at zero; a
-    /// kept page in use again is no longer counted.
+    /// The first kept page is due: kept pages whose time has come go back, a kept page in use
+    /// again is no longer kept, and the next due time is the earliest of the rest.
     ///
     /// # Safety
     /// `heap` is the caller's live heap.
@@ -296,6 +304,8 @@ impl<P: Platform> Core<P> {
     unsafe fn collect_retired(&self, heap: *mut Heap) {
         // SAFETY: the owner works on its own pages; a set bit names a live direct page.
         unsafe {
+            let now = (*heap).slow;
+            let mut due = None::<u32>;
             let mut bits = (*heap).retired;
             while bits != 0 {
                 let class = bits.trailing_zeros() as usize;
@@ -303,13 +313,16 @@ impl<P: Platform> Core<P> {
                 let page = Heap::direct(heap, class);
                 if page == Page::empty() || (*page).used != 0 {
                     (*heap).retired &= !(1 << class);
-                    continue;
-                }
-                (*page).retire_expire -= 1;
-                if (*page).retire_expire == 0 {
+                } else if now.wrapping_sub((*page).retire_at) as i32 >= 0 {
                     (*heap).retired &= !(1 << class);
                     self.page_free_empty(heap, page);
+                } else {
+                    let at = (*page).retire_at;
+                    due = Some(due.map_or(at, |d| if at.wrapping_sub(d) as i32 > 0 { d } else { at }));
                 }
+            }
+            if let Some(d) = due {
+                (*heap).retire_due = d;
             }
         }
     }
@@ -422,7 +435,10 @@ impl<P: Platform> Core<P> {
             let class = (*page).class as usize;
             let q = Heap::queue(heap, class);
             if !(*page).in_full && (*page).slices == 1 && q.head == page && q.tail == page {
-                (*page).retire_expire = RETIRE_CYCLES;
+                (*page).retire_at = (*heap).slow.wrapping_add(RETIRE_CYCLES);
+                if (*heap).retired == 0 {
+                    (*heap).retire_due = (*page).retire_at;
+                }
                 (*heap).retired |= 1 << class;
                 return;
             }

@@ -55,9 +55,9 @@ pub struct Page {
     pub(crate) free_is_zero: bool,
     /// The memory past `reserved` reads as zero. Owner only.
     pub(crate) fresh_zero: bool,
-    /// Slow paths an empty page kept for reuse waits before it goes back
-    /// ([`RETIRE_CYCLES`](crate::slab::heap::RETIRE_CYCLES)). Owner only.
-    pub(crate) retire_expire: u8,
+    /// For an empty page kept for reuse: the heap's slow-path count at which it goes back
+    /// ([`RETIRE_CYCLES`](crate::slab::heap::RETIRE_CYCLES) after it emptied). Owner only.
+    pub(crate) retire_at: u32,
 }
 
 /// A `Page` that may live in a `static`.
@@ -98,7 +98,7 @@ impl Page {
             in_full: false,
             free_is_zero: false,
             fresh_zero: false,
-            retire_expire: 0,
+            retire_at: 0,
         }
     }
 
