@@ -1227,6 +1227,8 @@ impl<P: Platform> CallOuts for Core<P> {
             }
             if d.work & deferred::WAKE_BACKGROUND != 0 {
                 self.wake_background_now();
+            } else if d.work & deferred::PURGE_WANTED != 0 {
+                self.wake_background_if_running();
             }
             if d.work & deferred::ABORT != 0 {
                 self.platform.abort();

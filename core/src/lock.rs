@@ -172,6 +172,9 @@ pub(crate) mod deferred {
     pub(crate) const ABORT: u8 = 1 << 2;
     /// Report the bad frees recorded in the [`LockState`](super::LockState).
     pub(crate) const REPORTS: u8 = 1 << 3;
+    /// Wake the background thread if it runs, else leave its start to the next allocation
+    /// (memory waits for its purge; see `Platform::background_if_running`).
+    pub(crate) const PURGE_WANTED: u8 = 1 << 4;
 }
 
 /// Bad frees found under a lock that are reported once the lock is released; more are counted

@@ -206,6 +206,19 @@ pub unsafe trait Platform: Sync {
     /// allocate through this allocator (in a C program, `pthread_create` does).
     fn background_wanted(&self) {}
 
+    /// Called instead of [`background_wanted`](Platform::background_wanted) when memory kept for
+    /// speed starts waiting for its purge — found by a free, and a free must never start a
+    /// thread: a C library may free while holding a lock its thread creation takes (glibc
+    /// frees a reaped thread's TLS under its stack-cache lock, which `pthread_create` takes:
+    /// the thread would wait on itself). Wakes the background thread if one runs and returns
+    /// true; returns false if none runs, starting nothing (the core then asks
+    /// `background_wanted` on the next allocation's slow path). The default calls
+    /// `background_wanted` (a platform whose thread start takes no such lock).
+    fn background_if_running(&self) -> bool {
+        self.background_wanted();
+        true
+    }
+
     /// Ends the process (or halts the machine) at once, without unwinding: for a corrupted heap
     /// under `hardened` and a strict `forbid_alloc`. The default panics, which is right only
     /// where panics abort (a kernel); the std platform calls `abort(3)`.

@@ -187,6 +187,7 @@ impl<P: Platform> Core<P> {
     /// None beyond `GlobalAlloc::alloc`'s: the result is null or a fresh block.
     #[track_caller]
     pub(crate) unsafe fn vmap_alloc(&self, layout: Layout, call: Gfp) -> *mut u8 {
+        self.start_background_if_wanted();
         // SAFETY: the platform hands out the calling thread's context.
         let t = unsafe { &*self.platform.thread() };
         let eff = Effective::new(call, t.scope.current());
@@ -410,7 +411,7 @@ impl<P: Platform> Core<P> {
             }
         }
         if first {
-            self.wake_background_thread();
+            self.purge_wanted();
         }
     }
 

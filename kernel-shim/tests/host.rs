@@ -35,9 +35,10 @@ fn small() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn the_kernel_allocator_is_this_binarys_global_allocator() {
-    let before = GLOBAL.stats();
     let v: Vec<Box<[u8; 48]>> = (0..4000).map(|_| Box::new([7; 48])).collect();
-    assert!(GLOBAL.stats().slab_pages > before.slab_pages || GLOBAL.stats().usage > before.usage);
+    // Every block is the kernel allocator's (the usage figures move with the other tests'
+    // traffic, and kept empty pages serve allocations without new ones).
+    assert!(v.iter().all(|b| GLOBAL.ksize((&raw const **b).cast()) >= 48));
     assert_eq!(GLOBAL.stats().limit, None, "an early region has no limit unless one is set");
     drop(v);
 }

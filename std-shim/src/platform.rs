@@ -221,17 +221,24 @@ unsafe impl Platform for StdPlatform {
     }
 
     fn thread_attached(&self) {
-        // First access registers the destructor; during thread teardown it fails harmlessly.
-        let _ = EXIT_HOOK.try_with(|_| ());
+        // The environment first: registering the `fork` handlers and the destructor allocates
+        // (glibc's `pthread_atfork` and `__cxa_thread_atexit_impl` call malloc), and such an
+        // allocation may start the background thread, which `CTXALLOC_BACKGROUND=off` forbids.
         if !ATFORK.swap(true, Ordering::AcqRel) {
+            read_environment();
             // SAFETY: plain C functions that never unwind.
             unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-            read_environment();
         }
+        // First access registers the destructor; during thread teardown it fails harmlessly.
+        let _ = EXIT_HOOK.try_with(|_| ());
     }
 
     fn background_wanted(&self) {
         start_background();
+    }
+
+    fn background_if_running(&self) -> bool {
+        BACKGROUND.runs()
     }
 
     #[cfg(miri)]

@@ -12,7 +12,7 @@ use crate::gfp::Gfp;
 use crate::platform::{Platform, ThreadCtx};
 use crate::slab::SEGMENT_SIZE;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::boxed::Box;
 use std::cell::RefCell;
 use std::string::String;
@@ -58,6 +58,8 @@ pub struct MockPlatform {
     background_wakeups: AtomicUsize,
     /// Run by `background_wanted`: a test's stand-in for a thread start that allocates.
     on_background: Mutex<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
+    /// What `background_if_running` answers: false stands for "no background thread runs".
+    background_runs: AtomicBool,
     /// Distinguishes mock instances in the per-thread context table.
     id: usize,
 }
@@ -120,6 +122,7 @@ impl MockPlatform {
             clock: AtomicU64::new(0),
             background_wakeups: AtomicUsize::new(0),
             on_background: Mutex::new(None),
+            background_runs: AtomicBool::new(true),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -161,6 +164,12 @@ impl MockPlatform {
     /// allocator in a C program. `f` may allocate through the core.
     pub fn on_background_wanted(&self, f: impl Fn() + Send + Sync + 'static) {
         *self.on_background.lock().unwrap() = Some(std::sync::Arc::new(f));
+    }
+
+    /// Whether a background thread is taken to run: with `false`, `background_if_running`
+    /// wakes nothing and answers false (the std platform with its thread idled out).
+    pub fn set_background_runs(&self, runs: bool) {
+        self.background_runs.store(runs, Ordering::Relaxed);
     }
 
     /// Removes the hook of [`on_background_wanted`](Self::on_background_wanted).
@@ -383,6 +392,15 @@ unsafe impl Platform for MockPlatform {
         if let Some(f) = hook {
             f();
         }
+    }
+
+    fn background_if_running(&self) -> bool {
+        // A wake, not a start: no hook (nothing is created, nothing allocates).
+        let runs = self.background_runs.load(Ordering::Relaxed);
+        if runs {
+            self.background_wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        runs
     }
 
     fn relax(&self) {

@@ -78,6 +78,19 @@ impl BackgroundThread {
         !pending() || self.running.swap(true, Ordering::SeqCst)
     }
 
+    /// Whether a thread runs or is being started (false from the moment a thread announces
+    /// its exit: that thread still sees work set up before it did, and stays for it).
+    ///
+    /// ```
+    /// let b = ctxalloc_core::BackgroundThread::new();
+    /// assert!(!b.runs());
+    /// assert!(b.want());
+    /// assert!(b.runs());
+    /// ```
+    pub fn runs(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
     /// Forgets the thread: it could not be started, or it did not survive a `fork`.
     pub fn forget(&self) {
         self.running.store(false, Ordering::SeqCst);

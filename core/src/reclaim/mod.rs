@@ -146,6 +146,9 @@ pub(crate) struct Reclaim {
     /// Bumped to wake the background reclaimer, which sleeps on it.
     bg_seq: AtomicU32,
     /// A wake-up is pending or a background pass runs: no need to wake again.
+    /// A free found memory to purge while no background thread ran: the next allocation's
+    /// slow path starts one (a free never does). Any thread, AcqRel.
+    start_wanted: AtomicBool,
     bg_busy: AtomicBool,
     /// Statistics.
     pub(crate) direct_rounds: AtomicUsize,
@@ -165,6 +168,7 @@ impl Reclaim {
             freed_seq: AtomicU32::new(0),
             waiters: AtomicUsize::new(0),
             bg_seq: AtomicU32::new(0),
+            start_wanted: AtomicBool::new(false),
             bg_busy: AtomicBool::new(false),
             direct_rounds: AtomicUsize::new(0),
             background_passes: AtomicUsize::new(0),
@@ -495,20 +499,51 @@ impl<P: Platform> Core<P> {
     // Background reclaim
     // -------------------------------------------------------------------------------------
 
-    /// Wakes the background reclaimer (once until it has run).
+    /// Wakes the background reclaimer (once until it has run); if none runs, the next
+    /// allocation's slow path starts one (a charge happens in the middle of an allocation).
     pub(crate) fn wake_background(&self) {
         if self.acct.limit().is_none() || self.reclaim.bg_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.wake_background_thread();
+        self.purge_wanted();
     }
 
-    /// Starts or wakes the platform's background thread: for reclaim, or because memory kept
-    /// for speed started waiting for [`purge_aged`](Self::purge_aged). Under an allocator lock
-    /// (the page heap finds dirty memory, a charge passes the low watermark), once the lock is
-    /// released: starting a thread allocates.
+    /// Starts or wakes the platform's background thread. Only where an allocation may be made
+    /// on this thread as if it were a new call — starting a thread allocates — and never on a
+    /// free: at an allocation slow path's entry ([`start_background_if_wanted`]) and from
+    /// `set_limit`-like entry points. Under an allocator lock, once the lock is released.
+    ///
+    /// [`start_background_if_wanted`]: Self::start_background_if_wanted
     pub(crate) fn wake_background_thread(&self) {
         self.call_out(deferred::WAKE_BACKGROUND);
+    }
+
+    /// The background thread has work (memory waits for its purge — found by a free, a trim,
+    /// a thread exit —, the heap grew, or a charge passed the low watermark): wakes it if it
+    /// runs, else has the next allocation's slow path start it — a free never starts a thread
+    /// ([`Platform::background_if_running`]). Under an allocator lock, once it is released.
+    pub(crate) fn purge_wanted(&self) {
+        self.call_out(deferred::PURGE_WANTED);
+    }
+
+    /// [`purge_wanted`](Self::purge_wanted), with no lock held.
+    pub(crate) fn wake_background_if_running(&self) {
+        if self.out("background_if_running").background_if_running() {
+            self.nudge_background();
+        } else {
+            self.reclaim.start_wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// On an allocation's slow path (no lock held): starts the background thread a free asked
+    /// for. One load when nothing was asked.
+    #[inline]
+    pub(crate) fn start_background_if_wanted(&self) {
+        if self.reclaim.start_wanted.load(Ordering::Relaxed)
+            && self.reclaim.start_wanted.swap(false, Ordering::AcqRel)
+        {
+            self.wake_background_thread();
+        }
     }
 
     /// Wakes a sleeping background thread, if one runs (none is started): its work changed.

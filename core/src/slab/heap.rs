@@ -267,6 +267,7 @@ impl<P: Platform> Core<P> {
     ) -> *mut u8 {
         #[cfg(feature = "hardened")]
         crate::hardened::ensure(self.platform.now_ns());
+        self.start_background_if_wanted();
         // SAFETY: the platform hands out the calling thread's context.
         let t = unsafe { &*t };
         let mut heap = t.heap.get();

@@ -432,6 +432,11 @@ impl<P: Platform> Core<P> {
             (*seg).free = ALL_SLICES;
             (*seg).committed = 1;
         }
+        // The heap grows: a background thread will have memory to give back. It is started at
+        // the next allocation's slow path — not here, in the middle of one, where the
+        // allocation its start makes (`pthread_create` calls `calloc`) would find this
+        // thread's heap half edited — and never by the free that finds the memory.
+        self.purge_wanted();
         Some(seg)
     }
 
@@ -487,7 +492,7 @@ impl<P: Platform> Core<P> {
             unsafe { self.segment_unmap(seg, dirty) };
         }
         if purge_later {
-            self.wake_background_thread();
+            self.purge_wanted();
         }
     }
 

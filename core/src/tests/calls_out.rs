@@ -82,13 +82,18 @@ impl Drop for Hooked {
 }
 
 /// The shape of the hang: a thread's blocks are all freed by another thread, the thread exits,
-/// its heap's now-empty pages are the first dirty memory, which wakes the background thread —
-/// whose start allocates on the exiting thread. Before the fix that allocation waited for the
-/// `abandoned` lock its own thread held (a debug build now reports it instead).
+/// its heap's now-empty pages are the first dirty memory, which wants the background thread —
+/// whose start allocates. Before the fix that allocation, on the exiting thread, waited for the
+/// `abandoned` lock its own thread held (a debug build now reports it instead). Now neither the
+/// frees nor the exit start it (a C library may free under a lock that thread creation takes:
+/// glibc reaps a thread's TLS under its stack-cache lock): the next allocation's slow path
+/// does, at its entry, and the start's own allocation succeeds there.
 #[test]
 fn a_thread_start_at_thread_exit_may_allocate() {
     let h = Hooked::new(16);
     let core = h.core();
+    core.platform().set_background_runs(false);
+    let before = AtomicUsize::new(0);
     let n = if super::MIRI { 40 } else { 2000 };
     let (tx, rx) = mpsc::channel::<Vec<usize>>();
     let (freed_tx, freed_rx) = mpsc::channel::<()>();
@@ -100,13 +105,25 @@ fn a_thread_start_at_thread_exit_may_allocate() {
             freed_rx.recv().unwrap();
             core.thread_exit();
         });
-        for a in rx.recv().unwrap() {
+        let blocks = rx.recv().unwrap();
+        // Allocations (above) may start it; from here on only frees and an exit run.
+        before.store(h.runs(), Ordering::Relaxed);
+        for a in blocks {
             // SAFETY: live blocks of `L`, given up by their thread (remote frees).
             unsafe { core.dealloc(core.platform().ptr_from_addr(a), L) };
         }
         freed_tx.send(()).unwrap();
     });
-    assert!(h.runs() >= 1, "the exit woke no background thread");
+    let before = before.load(Ordering::Relaxed);
+    assert_eq!(h.runs(), before, "a free or a thread exit started the background thread");
+    let big = Layout::from_size_align(1 << 20, 8).unwrap();
+    // SAFETY: a valid layout; an allocation's slow path (vmap), then its free.
+    unsafe {
+        let p = core.alloc(big);
+        assert!(!p.is_null());
+        core.dealloc(p, big);
+    }
+    assert!(h.runs() > before, "the wanted background thread was never started");
     assert!(core.platform().reports().is_empty(), "{:?}", core.platform().reports());
 }
 
