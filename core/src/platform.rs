@@ -198,9 +198,10 @@ pub unsafe trait Platform: Sync {
     /// Wakes every waiter on `word`.
     fn wake_all(&self, word: &AtomicU32);
 
-    /// Called (from an allocation's or a free's slow path, with no allocator lock held) when
-    /// background reclaim is wanted, or freed memory waits for its purge: a platform that has a
-    /// background thread makes sure it is running; it sleeps in
+    /// Called (at the entry of an allocation's slow path, with no allocator lock held — never
+    /// from a free) when background reclaim is wanted, or freed memory waits for its purge, and
+    /// no thread was running ([`background_if_running`](Platform::background_if_running)): a
+    /// platform that has a background thread makes sure it is running; it sleeps in
     /// [`Core::background_wait`](crate::Core::background_wait) and calls
     /// [`Core::background_reclaim`](crate::Core::background_reclaim). Starting the thread may
     /// allocate through this allocator (in a C program, `pthread_create` does).

@@ -510,8 +510,8 @@ impl<P: Platform> Core<P> {
 
     /// Starts or wakes the platform's background thread. Only where an allocation may be made
     /// on this thread as if it were a new call — starting a thread allocates — and never on a
-    /// free: at an allocation slow path's entry ([`start_background_if_wanted`]) and from
-    /// `set_limit`-like entry points. Under an allocator lock, once the lock is released.
+    /// free: at an allocation slow path's entry ([`start_background_if_wanted`]). Under an
+    /// allocator lock, once the lock is released.
     ///
     /// [`start_background_if_wanted`]: Self::start_background_if_wanted
     pub(crate) fn wake_background_thread(&self) {
