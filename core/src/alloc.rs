@@ -8,7 +8,7 @@
 
 use crate::gfp::{Effective, Gfp};
 use crate::lock::{deferred, CallOuts, Lock, LockGuard};
-use crate::page::Accounting;
+use crate::page::{Accounting, LimitOrigin};
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::Reclaim;
 use crate::report::{report, RateLimit};
@@ -84,6 +84,9 @@ pub struct Core<P: Platform> {
     /// out, decremented when it is freed (Relaxed: the free of an area happens after its
     /// allocation, so it sees the increment).
     pub(crate) kv_live: AtomicUsize,
+    /// Where the limit came from: set with it (`set_limit_from`), read by `stats`. A leaf
+    /// lock, held across `fork`.
+    pub(crate) limit_origin: Lock<LimitOrigin>,
     /// Shrinkers, waiters, background reclaim. Atomic.
     pub(crate) reclaim: Reclaim,
     /// Statistics. Atomic.
@@ -137,6 +140,7 @@ impl<P: Platform> Core<P> {
             orphan: Lock::held_across_fork("orphan", OrphanSlot(ptr::null_mut())),
             vmap: Lock::held_across_fork("vmap", Registry::new()),
             kv_live: AtomicUsize::new(0),
+            limit_origin: Lock::held_across_fork("limit_origin", LimitOrigin::none()),
             reclaim: Reclaim::new(),
             counters: Counters::new(),
             fail_reports: RateLimit::new(),
@@ -184,7 +188,7 @@ impl<P: Platform> Core<P> {
 
     /// [`check_entry`](Self::check_entry) for an entry point without the context in hand.
     #[inline(always)]
-    fn entry(&self, entry: &'static str) {
+    pub(crate) fn entry(&self, entry: &'static str) {
         #[cfg(debug_assertions)]
         {
             // A thread without a context holds no lock; the check does not set one up.
@@ -1080,7 +1084,18 @@ impl<P: Platform> Core<P> {
     /// requests may use half the reserve, MEMALLOC (the reclaim context) all of it. A limit below
     /// the current usage makes allocations reclaim until usage is under it.
     pub fn set_limit(&self, limit: Option<usize>) {
-        self.acct.set_limit(limit);
+        self.set_limit_from(limit, "");
+    }
+
+    /// [`set_limit`](Self::set_limit), saying where the limit came from (shown by
+    /// [`stats`](Self::stats); see [`LimitOrigin`](crate::LimitOrigin)).
+    pub fn set_limit_from(&self, limit: Option<usize>, origin: &str) {
+        let origin = LimitOrigin::new(if limit.is_some() { origin } else { "" });
+        {
+            let mut o = self.lock(&self.limit_origin);
+            *o = origin;
+            self.acct.set_limit(limit);
+        }
         if limit.is_some() && self.acct.above_low_watermark() {
             self.wake_background();
         }
@@ -1138,6 +1153,9 @@ impl<P: Platform> Core<P> {
         self.abandoned.fork_acquire(relax);
         self.vmap.fork_acquire(relax);
         self.pages.fork_acquire(relax);
+        // Leaves: never held while another lock is taken.
+        self.limit_origin.fork_acquire(relax);
+        self.reclaim.pressure.fork_acquire(relax);
         #[cfg(feature = "tags")]
         self.debug.tags.fork_prepare(relax);
         self.thread().locks.set_forking(true);
@@ -1192,6 +1210,8 @@ impl<P: Platform> Core<P> {
         unsafe {
             #[cfg(feature = "tags")]
             self.debug.tags.fork_release();
+            self.reclaim.pressure.fork_release();
+            self.limit_origin.fork_release();
             self.pages.fork_release();
             self.vmap.fork_release();
             self.abandoned.fork_release();

@@ -21,7 +21,7 @@
 //!  vmap              page-granular large areas and their registry
 //!  page              the page-source layer and accounting (usage, limit, reserve, watermarks)
 //!  reclaim           the policy after a refusal, shrinkers and their registry (loom-checked),
-//!                    direct and background reclaim, NOFAIL waits
+//!                    direct and background reclaim, NOFAIL waits, pressure passes
 //!  alloc             `Core`: entry points, dispatch, realloc, thread exit, fork
 //!  mempool           preallocated reserves with forward progress (reserve loom-checked)
 //!  debug             forbid_alloc, fault injection, allocation tags, the reclaim-order checker
@@ -55,7 +55,7 @@
 //!
 //! ## Testing the core
 //!
-//! The `mock` feature provides [`mock::MockPlatform`], an in-memory platform with injectable
+//! The `mock` feature provides `mock::MockPlatform`, an in-memory platform with injectable
 //! failures, under which the core runs under miri with strict provenance.
 
 #![no_std]
@@ -149,11 +149,13 @@ pub use mempool::{Mempool, PoolBox, WAIT_NS as MEMPOOL_WAIT_NS};
 #[cfg(not(loom))]
 pub use page::emergency_reserve;
 #[cfg(not(loom))]
-pub use page::PURGE_DELAY_NS;
+pub use page::{LimitOrigin, LIMIT_ORIGIN_MAX, PURGE_DELAY_NS};
 #[cfg(not(loom))]
 pub use platform::{Platform, ThreadCtx};
 #[cfg(not(loom))]
 pub use reclaim::background::BackgroundThread;
+#[cfg(not(loom))]
+pub use reclaim::pressure::{PressureOutcome, PressurePolicy};
 #[cfg(not(loom))]
 pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
 #[cfg(not(loom))]

@@ -17,6 +17,58 @@ const UNLIMITED: usize = usize::MAX;
 /// burst is back to its size within a second.
 pub const PURGE_DELAY_NS: u64 = 200_000_000;
 
+/// Longest [`LimitOrigin`] text kept (longer ones are cut on a character boundary).
+pub const LIMIT_ORIGIN_MAX: usize = 192;
+
+/// Where the memory limit came from, in the embedder's words ("90 % of memory.max 2048 MiB of
+/// /sys/fs/cgroup/app"): shown with the limit by [`Stats`](crate::Stats). Empty for a limit set
+/// by [`Core::set_limit`]. Lives in `Core::limit_origin`, under its lock.
+///
+/// ```
+/// # #[cfg(feature = "mock")] {
+/// let core = ctxalloc_core::Core::new(ctxalloc_core::mock::MockPlatform::new(8 << 20));
+/// core.set_limit_from(Some(6 << 20), "75 % of the board's RAM");
+/// assert_eq!(core.stats().limit_origin.as_str(), "75 % of the board's RAM");
+/// core.set_limit(None);
+/// assert_eq!(core.stats().limit_origin.as_str(), "");
+/// # }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LimitOrigin {
+    text: [u8; LIMIT_ORIGIN_MAX],
+    len: usize,
+}
+
+impl LimitOrigin {
+    /// No origin.
+    pub const fn none() -> LimitOrigin {
+        LimitOrigin { text: [0; LIMIT_ORIGIN_MAX], len: 0 }
+    }
+
+    /// `s`, cut to [`LIMIT_ORIGIN_MAX`] bytes on a character boundary.
+    pub fn new(s: &str) -> LimitOrigin {
+        let mut n = s.len().min(LIMIT_ORIGIN_MAX);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        let mut o = LimitOrigin::none();
+        o.text[..n].copy_from_slice(&s.as_bytes()[..n]);
+        o.len = n;
+        o
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.text[..self.len]).unwrap_or("")
+    }
+}
+
+impl core::fmt::Debug for LimitOrigin {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// When memory kept for speed started waiting for [`Core::purge_aged`]: the platform clock at
 /// arming, or 0 when nothing waits. Lives in the structure whose memory it times, under that
 /// structure's lock.

@@ -1,5 +1,5 @@
 //! Reports written without allocating: formatted into a buffer on the stack, handed to
-//! [`Platform::report`](crate::Platform::report) as one string, rate-limited per kind.
+//! [`crate::Platform::report`] as one string, rate-limited per kind.
 
 use crate::sync::{AtomicUsize, Ordering};
 use crate::Platform;

@@ -2,6 +2,7 @@
 //! [`Stats`] snapshot whose `Display` is a readable table.
 
 use crate::gfp::ReclaimClass;
+use crate::page::LimitOrigin;
 use crate::reclaim::{Cause, ShrinkerStats};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::{Core, Platform};
@@ -79,6 +80,16 @@ pub struct Stats {
     pub scope_mispairs: u64,
     /// The memory limit, if any.
     pub limit: Option<usize>,
+    /// Where the limit came from (empty for one set by hand).
+    pub limit_origin: LimitOrigin,
+    /// Memory-pressure events reported from outside ([`Core::pressure_event`]).
+    pub pressure_events: u64,
+    /// Pressure passes run for them (the rest were rate-limited).
+    pub pressure_passes: u64,
+    /// Objects shrinkers freed in pressure passes.
+    pub pressure_freed: u64,
+    /// Bytes given back to the page source by pressure passes.
+    pub pressure_given_bytes: u64,
     /// Charges that went into the emergency reserve.
     pub reserve_uses: u64,
     /// Direct-reclaim rounds run by allocating threads.
@@ -197,7 +208,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 30] = [
+        let rows: [(&str, &dyn fmt::Display); 33] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -213,6 +224,9 @@ impl fmt::Display for Stats {
             ("reserve uses", &self.reserve_uses),
             ("reclaim rounds", &self.reclaim_rounds),
             ("background passes", &self.background_passes),
+            ("pressure events", &self.pressure_events),
+            ("pressure passes", &self.pressure_passes),
+            ("given on pressure", &Bytes(self.pressure_given_bytes)),
             ("NOFAIL waits", &self.nofail_waits),
             ("NOFAIL stalls", &self.nofail_stalls),
             ("mempool reserve uses", &self.mempool_reserve_uses),
@@ -232,6 +246,9 @@ impl fmt::Display for Stats {
         writeln!(f, "ctxalloc statistics")?;
         for (name, value) in rows {
             writeln!(f, "  {name:<22} {value:>12}")?;
+            if name == "limit" && !self.limit_origin.as_str().is_empty() {
+                writeln!(f, "    = {}", self.limit_origin.as_str())?;
+            }
         }
         if self.shrinker_rows > 0 {
             writeln!(
@@ -280,6 +297,8 @@ impl<P: Platform> Core<P> {
         let segments = self.lock(&self.pages).segments;
         let abandoned_pages = self.lock(&self.abandoned).count;
         let heaps = self.lock(&self.heaps).live;
+        let limit_origin = *self.lock(&self.limit_origin);
+        let pc = &r.pressure_counters;
         Stats {
             usage: self.acct.usage(),
             peak: self.acct.peak(),
@@ -296,6 +315,11 @@ impl<P: Platform> Core<P> {
             bad_frees: c.bad_frees.load(Ordering::Relaxed) as u64,
             scope_mispairs: c.scope_mispairs.load(Ordering::Relaxed) as u64,
             limit: self.acct.limit(),
+            limit_origin,
+            pressure_events: pc.events.load(Ordering::Relaxed) as u64,
+            pressure_passes: pc.passes.load(Ordering::Relaxed) as u64,
+            pressure_freed: pc.freed.load(Ordering::Relaxed) as u64,
+            pressure_given_bytes: pc.given.load(Ordering::Relaxed) as u64,
             reserve_uses: self.acct.reserve_uses.load(Ordering::Relaxed) as u64,
             reclaim_rounds: r.direct_rounds.load(Ordering::Relaxed) as u64,
             background_passes: r.background_passes.load(Ordering::Relaxed) as u64,

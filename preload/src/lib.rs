@@ -16,7 +16,8 @@
 //!
 //! `free(p)` has no size: the segment map finds a slab block from its address, the vmap
 //! registry a large area; anything else is reported on stderr with the pointer and ignored
-//! ([`ctxalloc::kfree`]). Environment: `CTXALLOC_LIMIT`, `CTXALLOC_BACKGROUND` and
+//! ([`ctxalloc::kfree`]). Environment: `CTXALLOC_LIMIT` (also `auto` and `80%`, from the
+//! cgroup), `CTXALLOC_PRESSURE`, `CTXALLOC_CGROUP_ROOT`, `CTXALLOC_BACKGROUND` and
 //! `CTXALLOC_BACKGROUND_IDLE` as for Rust programs, and `CTXALLOC_PRELOAD_LOG=<file>`: at exit,
 //! each process appends one line with its pid, the calls it made into this library and its
 //! statistics — the proof that interposition happened (CI checks it for git, python3, sqlite3

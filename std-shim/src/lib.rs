@@ -23,9 +23,23 @@
 //!
 //! Threads that exit hand their pages to the others; a child of `fork` can allocate; every
 //! power-of-two alignment is supported.
+//!
+//! ## Environment
+//!
+//! Read once, at the first allocation; a value that does not parse is reported in one line and
+//! not used.
+//!
+//! | variable | values |
+//! |---|---|
+//! | `CTXALLOC_LIMIT` | a size (`512M`, `2G`), `auto` or `80%` (from the cgroup: [`cgroup`]), `none` |
+//! | `CTXALLOC_PRESSURE` | `auto` (default), `on`, `off`, a PSI trigger `some:150ms/2s` ([`pressure`]) |
+//! | `CTXALLOC_CGROUP_ROOT` | read the cgroup and proc files under this directory instead of `/` |
+//! | `CTXALLOC_BACKGROUND` | `off`: no background thread (reclaim only on allocating threads) |
+//! | `CTXALLOC_BACKGROUND_IDLE` | how long the background reclaimer waits for work before it exits (`1s`) |
 
 #![warn(missing_docs)]
 
+mod container;
 mod debug;
 mod env;
 mod flagged;
@@ -38,6 +52,7 @@ mod tracked;
 
 /// `allocator_api2`, re-exported: its `Vec` and `Box` take a [`Flagged`] allocator.
 pub use allocator_api2;
+pub use container::{cgroup, pressure};
 /// The largest size (at alignment [`MIN_ALIGN`]) whose allocation takes the inline fast path —
 /// for wrappers such as C's `malloc` that test the size once and pass the rest on unchecked.
 ///
@@ -46,8 +61,8 @@ pub use allocator_api2;
 /// ```
 pub use ctxalloc_core::size_class::{MIN_ALIGN, SMALL_MAX};
 pub use ctxalloc_core::{
-    emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, ReclaimClass, ScanResult, ShrinkControl,
-    Shrinker, ShrinkerRow, ShrinkerStats, Stats,
+    emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, LimitOrigin, ReclaimClass, ScanResult,
+    ShrinkControl, Shrinker, ShrinkerRow, ShrinkerStats, Stats,
 };
 #[cfg(feature = "fault-injection")]
 pub use debug::fault;

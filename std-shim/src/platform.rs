@@ -42,22 +42,40 @@ static BACKGROUND: BackgroundThread = BackgroundThread::new();
 /// on the allocating threads — deterministic, and no extra thread).
 static BACKGROUND_OFF: AtomicBool = AtomicBool::new(false);
 
-/// Starts the background reclaimer if it is not running. Safe to call from an allocation's
-/// slow path: it creates a bare pthread (the C library allocates its stack and TLS itself).
+/// Starts the background reclaimer if it is not running (and the pressure monitor, if it has
+/// something to watch). Safe to call from an allocation's slow path: it creates bare pthreads
+/// (the C library allocates their stacks and TLS itself).
 pub(crate) fn start_background() {
-    if BACKGROUND_OFF.load(Ordering::Acquire) || !BACKGROUND.want() {
+    if background_off() {
         return;
     }
-    let mut tid: libc::pthread_t = 0;
-    // SAFETY: `background_main` never returns and touches only the allocator's own state.
-    let r = unsafe { libc::pthread_create(&mut tid, ptr::null(), background_main, ptr::null_mut()) };
-    if r == 0 {
-        // SAFETY: a thread we just created; nobody joins it.
-        unsafe { libc::pthread_detach(tid) };
-    } else {
+    crate::container::pressure::start_if_wanted();
+    if BACKGROUND.want() && !spawn(background_main) {
         BACKGROUND.forget();
         StdPlatform.report("ctxalloc: could not start the background reclaimer; reclaim stays direct\n");
     }
+}
+
+/// `CTXALLOC_BACKGROUND=off`: no background thread of any kind.
+pub(crate) fn background_off() -> bool {
+    BACKGROUND_OFF.load(Ordering::Acquire)
+}
+
+/// Starts a detached pthread running `main` (which never unwinds); whether it started.
+pub(crate) fn spawn(main: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    let mut tid: libc::pthread_t = 0;
+    // SAFETY: `main` touches only the allocator's own state and never unwinds.
+    let r = unsafe { libc::pthread_create(&mut tid, ptr::null(), main, ptr::null_mut()) };
+    if r == 0 {
+        // SAFETY: a thread we just created; nobody joins it.
+        unsafe { libc::pthread_detach(tid) };
+    }
+    r == 0
+}
+
+/// Writes `msg` to stderr without allocating.
+pub(crate) fn report(msg: &str) {
+    StdPlatform.report(msg);
 }
 
 /// The background thread (the kernel's kswapd): sleeps until usage passes the low watermark,
@@ -124,8 +142,8 @@ fn getenv(name: &std::ffi::CStr) -> Option<&'static [u8]> {
 }
 
 /// Reads the environment without allocating: `CTXALLOC_BACKGROUND=off`,
-/// `CTXALLOC_BACKGROUND_IDLE` and `CTXALLOC_LIMIT` (a value that does not parse is reported and
-/// ignored).
+/// `CTXALLOC_BACKGROUND_IDLE`, `CTXALLOC_PRESSURE` and `CTXALLOC_LIMIT` (a value that does not
+/// parse is reported and ignored; `auto` and `N%` read the cgroup).
 fn read_environment() {
     if let Some(v) = getenv(c"CTXALLOC_BACKGROUND_IDLE") {
         match crate::env::parse_duration_ns(v) {
@@ -142,13 +160,36 @@ fn read_environment() {
             BACKGROUND_OFF.store(true, Ordering::Release);
         }
     }
+    if let Some(v) = getenv(c"CTXALLOC_PRESSURE") {
+        if let Err(e) = crate::container::pressure::from_environment(v) {
+            warn_env("CTXALLOC_PRESSURE", v, e.0);
+        } else if background_off() && !v.trim_ascii().eq_ignore_ascii_case(b"off") {
+            warn_env(
+                "CTXALLOC_PRESSURE",
+                v,
+                "no value while CTXALLOC_BACKGROUND=off (no monitor thread runs)",
+            );
+        }
+    }
+    if let Some(v) = getenv(c"CTXALLOC_CGROUP_ROOT") {
+        if !crate::container::cgroup::Cgroups::set_system_root(v) {
+            warn_env("CTXALLOC_CGROUP_ROOT", v, "a directory path of at most 255 bytes");
+        }
+    }
     if let Some(v) = getenv(c"CTXALLOC_LIMIT") {
+        if let Some(auto) = crate::container::cgroup::AutoLimit::parse(v) {
+            match auto {
+                Ok(how) => crate::container::cgroup::from_environment(how),
+                Err(()) => warn_env("CTXALLOC_LIMIT", v, "a percentage from 1% to 100%"),
+            }
+            return;
+        }
         match crate::env::parse_limit(v) {
             Ok(limit) => CORE.set_limit(limit),
             Err(()) => warn_env(
                 "CTXALLOC_LIMIT",
                 v,
-                "a size in bytes with an optional K, M, G or T suffix (512M, 2G), or \"none\"",
+                "a size in bytes with an optional K, M, G or T suffix (512M, 2G), \"auto\", a percentage (80%) or \"none\"",
             ),
         }
     }
@@ -164,8 +205,10 @@ extern "C" fn fork_parent() {
 }
 
 extern "C" fn fork_child() {
-    // The background reclaimer did not survive the fork; it restarts when wanted.
+    // The background reclaimer and the monitor did not survive the fork; they restart when
+    // wanted.
     BACKGROUND.forget();
+    crate::container::pressure::forget_after_fork();
     // SAFETY: the child's only thread, which ran `fork_prepare`.
     unsafe { CORE.fork_child() };
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 /// ctxalloc::set_limit(None);
 /// ```
 pub fn set_limit(limit: Option<usize>) {
+    crate::container::cgroup::forget();
     if limit.is_some() {
         crate::platform::start_background();
     }
@@ -171,7 +172,11 @@ pub fn try_register_shrinker(shrinker: Arc<dyn Shrinker>) -> Option<ShrinkerHand
     // SAFETY: the registry's reference keeps the shrinker alive until the handle's drop has
     // unregistered it; `CORE` is a static.
     match unsafe { CORE.register_shrinker(ptr) } {
-        Some(id) => Some(ShrinkerHandle { id, shrinker: ptr }),
+        Some(id) => {
+            // Something to give back on request: memory pressure is worth watching now.
+            crate::container::pressure::shrinker_registered();
+            Some(ShrinkerHandle { id, shrinker: ptr })
+        }
         None => {
             // SAFETY: not registered; take the reference back.
             drop(unsafe { Arc::from_raw(raw) });

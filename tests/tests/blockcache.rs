@@ -23,6 +23,7 @@ fn small(no_scopes: bool) -> Options {
         no_scopes,
         watchdog: 20,
         progress: false,
+        ..Options::default()
     }
 }
 
@@ -44,6 +45,33 @@ fn child_small_limit() {
     assert!(r.peak <= (16 << 20) + (8 << 20), "{r:?}");
     let s = ctxalloc::stats();
     assert!(s.reclaim_rounds + s.background_passes > 0, "{s}");
+}
+
+#[test]
+fn under_pressure_the_caches_shrink_and_no_write_is_lost() {
+    child_stderr("child_pressure");
+}
+
+#[test]
+fn child_pressure() {
+    if !is_child("child_pressure") {
+        return;
+    }
+    // No limit at all: only the pressure events shrink the caches.
+    let o = Options {
+        ops: Some(400_000),
+        limit: None,
+        pressure_every: Some(std::time::Duration::from_millis(300)),
+        ..small(false)
+    };
+    let r = engine::run(&o).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert!(!r.pressure.is_empty(), "the run fired pressure events: {r:?}");
+    let s = ctxalloc::stats();
+    assert_eq!(s.pressure_events as usize, r.pressure.len(), "{s}");
+    assert!(s.pressure_passes > 0 && s.pressure_freed > 0, "passes freed cached blocks: {s}");
+    assert!(r.evicted > 0, "the cache's shrinker ran although there is no limit: {r:?}");
+    assert_eq!(s.reclaim_rounds, 0, "no direct reclaim: there is no limit");
 }
 
 #[test]

@@ -18,17 +18,19 @@
 //! [`Core::reclaim_step`] what to do, and retry afterwards.
 
 pub(crate) mod background;
+pub(crate) mod pressure;
 pub(crate) mod registry;
 pub(crate) mod shrinker;
 
 use crate::gfp::{Effective, Gfp, ReclaimClass};
-use crate::lock::{deferred, CallOuts};
+use crate::lock::{deferred, CallOuts, Lock};
 use crate::report::{report, RateLimit};
 use crate::stats::Bytes;
 use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::panic::Location;
 use core::ptr::NonNull;
+use pressure::{PressureCounters, PressureState};
 use registry::{Chunk, Registry, Slot};
 use shrinker::{ScanResult, ShrinkControl, Shrinker};
 
@@ -159,6 +161,11 @@ pub(crate) struct Reclaim {
     /// One report per kind per 10 s.
     stall_reports: RateLimit,
     denied_reports: RateLimit,
+    /// Pacing of pressure passes (`pressure`): whoever reports an event, briefly. A leaf lock,
+    /// held across `fork`.
+    pub(crate) pressure: Lock<PressureState>,
+    /// Pressure events and what they gave back. Atomic.
+    pub(crate) pressure_counters: PressureCounters,
 }
 
 impl Reclaim {
@@ -177,6 +184,8 @@ impl Reclaim {
             failures: [const { AtomicUsize::new(0) }; Cause::COUNT],
             stall_reports: RateLimit::new(),
             denied_reports: RateLimit::new(),
+            pressure: Lock::held_across_fork("pressure", PressureState::new()),
+            pressure_counters: PressureCounters::new(),
         }
     }
 }
@@ -556,6 +565,21 @@ impl<P: Platform> Core<P> {
     pub(crate) fn wake_background_now(&self) {
         self.out("background_wanted").background_wanted();
         self.nudge_background();
+    }
+
+    /// Has the platform's background thread started by the next allocation's slow path, if
+    /// it does not run: for an embedder that configured background work (a pressure monitor,
+    /// a limit to follow) where starting a thread is not allowed — inside an allocation.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// let core = ctxalloc_core::Core::new(ctxalloc_core::mock::MockPlatform::new(8 << 20));
+    /// core.want_background(); // the mock has no thread: nothing happens until one is asked for
+    /// assert_eq!(core.stats().background_passes, 0);
+    /// # }
+    /// ```
+    pub fn want_background(&self) {
+        self.wake_background_if_running();
     }
 
     /// Whether the background thread has work: reclaim was asked for, or freed memory waits

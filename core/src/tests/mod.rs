@@ -562,6 +562,7 @@ mod bad_free;
 mod calls_out;
 mod mempool;
 mod per_call;
+mod pressure;
 mod reclaim;
 mod unsized_free;
 

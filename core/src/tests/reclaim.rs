@@ -45,7 +45,7 @@ pub(super) struct Cache {
     counts: AtomicUsize,
     scans: Mutex<Vec<usize>>,
     /// The context word of the reclaiming thread, and `sc.gfp`, at each scan.
-    contexts: Mutex<Vec<(Gfp, Gfp)>>,
+    pub(super) contexts: Mutex<Vec<(Gfp, Gfp)>>,
     /// Scans in progress (to catch recursion).
     depth: AtomicUsize,
     max_depth: AtomicUsize,

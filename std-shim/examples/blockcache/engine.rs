@@ -56,6 +56,11 @@ pub struct Options {
     pub blocks_per_file: u64,
     /// The memory limit in bytes (`None`: no limit).
     pub limit: Option<usize>,
+    /// Take the limit from the cgroup instead (`--limit auto`, `--limit 80%`).
+    pub limit_auto: Option<ctxalloc::cgroup::AutoLimit>,
+    /// Fire a memory-pressure event this often during the run (`--pressure`), through a pipe
+    /// the allocator's pressure monitor watches.
+    pub pressure_every: Option<Duration>,
     /// Drop the NOFS/NOIO scopes (to show the deadlock they prevent).
     pub no_scopes: bool,
     /// Seconds without progress after which the watchdog declares a deadlock.
@@ -73,6 +78,8 @@ impl Default for Options {
             files: 8,
             blocks_per_file: 4096,
             limit: Some(64 << 20),
+            limit_auto: None,
+            pressure_every: None,
             no_scopes: false,
             watchdog: 5,
             progress: true,
@@ -101,6 +108,76 @@ pub struct Report {
     pub written_through: u64,
     pub checked: u64,
     pub lost: u64,
+    /// The limit the run had.
+    pub limit: Option<usize>,
+    /// The pressure events fired (`--pressure`).
+    pub pressure: Vec<PressureEvent>,
+}
+
+/// One pressure event of a `--pressure` run: the caches and usage just before it was fired
+/// and once the allocator had answered it.
+#[derive(Clone, Copy, Debug)]
+pub struct PressureEvent {
+    pub at: f64,
+    pub cached: (usize, usize),
+    pub dirty: (usize, usize),
+    pub usage: (usize, usize),
+    /// Bytes the allocator says the pass gave back.
+    pub given: u64,
+    /// Whether a pass ran (events closer than the rate limit are skipped).
+    pub ran: bool,
+    /// Fired after the workers stopped (nothing refills the caches).
+    pub idle: bool,
+}
+
+/// Pressure events fired after the run (`--pressure`).
+const IDLE_PRESSURE_EVENTS: usize = 4;
+
+/// The fake pressure source: a pipe whose read end the allocator's monitor watches.
+struct PressureSource {
+    fds: [i32; 2],
+}
+
+impl PressureSource {
+    fn new() -> io::Result<PressureSource> {
+        let mut fds = [0; 2];
+        // SAFETY: fills two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ctxalloc::pressure::watch_fd(fds[0]);
+        Ok(PressureSource { fds })
+    }
+
+    /// Fires one event and waits (at most 10 s) for the allocator's answer.
+    fn fire(&self, s: &Store, at: f64) -> PressureEvent {
+        let before = (s.cached.load(Ordering::Relaxed), s.dirty.load(Ordering::Relaxed), ctxalloc::usage());
+        let st = ctxalloc::stats();
+        let seen = ctxalloc::pressure::handled();
+        // SAFETY: one byte from a live buffer into our pipe.
+        unsafe { libc::write(self.fds[1], b"!".as_ptr().cast(), 1) };
+        ctxalloc::pressure::wait(seen, Duration::from_secs(10));
+        let after = ctxalloc::stats();
+        PressureEvent {
+            at,
+            cached: (before.0, s.cached.load(Ordering::Relaxed)),
+            dirty: (before.1, s.dirty.load(Ordering::Relaxed)),
+            usage: (before.2, ctxalloc::usage()),
+            given: after.pressure_given_bytes - st.pressure_given_bytes,
+            ran: after.pressure_passes > st.pressure_passes,
+            idle: false,
+        }
+    }
+}
+
+impl Drop for PressureSource {
+    fn drop(&mut self) {
+        ctxalloc::pressure::unwatch_fd();
+        for fd in self.fds {
+            // SAFETY: our own descriptors, no longer watched.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// How a run can end badly.
@@ -631,8 +708,18 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
     // an allocation under one without the scope is reported before memory is ever short.
     handles[0].takes(&store.cache.inner);
     handles[1].takes(&store.writeback.inner);
-    let limit = o.limit.map(|l| l.max(ctxalloc::usage() + (8 << 20)));
-    ctxalloc::set_limit(limit);
+    let limit = match o.limit_auto {
+        // `main` said where it comes from, or why there is none.
+        Some(how) => ctxalloc::cgroup::set_limit_from_cgroup(how).ok(),
+        None => {
+            let limit = o.limit.map(|l| l.max(ctxalloc::usage() + (8 << 20)));
+            ctxalloc::set_limit(limit);
+            limit
+        }
+    };
+    let source = o.pressure_every.map(|_| PressureSource::new()).transpose()?;
+    let mut pressure = Vec::with_capacity(1024);
+    let mut next_pressure = o.pressure_every.map(|every| Instant::now() + every);
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -707,6 +794,12 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
                 limit_text,
             );
         }
+        if let (Some(src), Some(at), Some(every)) = (&source, next_pressure, o.pressure_every) {
+            if Instant::now() >= at && pressure.len() < pressure.capacity() {
+                pressure.push(src.fire(&store, start.elapsed().as_secs_f64()));
+                next_pressure = Some(Instant::now() + every);
+            }
+        }
         if store.failed.load(Ordering::SeqCst) {
             ctxalloc::set_limit(None);
             break store.failure.lock().unwrap().take();
@@ -748,6 +841,15 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
     }
     flusher.join().expect("flusher panicked")?;
     let seconds = start.elapsed().as_secs_f64();
+    // With the workers stopped nothing refills the caches: a few more events show what
+    // pressure gives back from an idle process (spaced past the allocator's rate limit).
+    if let (Some(src), Some(every)) = (&source, o.pressure_every) {
+        for _ in 0..IDLE_PRESSURE_EVENTS {
+            thread::sleep(every.max(Duration::from_millis(300)));
+            let e = src.fire(&store, start.elapsed().as_secs_f64());
+            pressure.push(PressureEvent { idle: true, ..e });
+        }
+    }
     {
         let mut w = store.writeback.lock();
         let n = w.len();
@@ -755,6 +857,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         store.flushed.fetch_add(done as u64, Ordering::Relaxed);
     }
     ctxalloc::set_limit(None);
+    drop(source);
     drop(handles);
 
     // Every block on disk must hold the last version written.
@@ -783,5 +886,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         written_through: store.written_through.load(Ordering::Relaxed),
         checked: o.files as u64 * o.blocks_per_file,
         lost,
+        limit,
+        pressure,
     })
 }
