@@ -1050,6 +1050,19 @@ impl<P: Platform> Core<P> {
         self.thread().scope.restore(cookie, |m| self.mispair(m));
     }
 
+    /// [`ScopeState::enter`](crate::ScopeState::enter) on the calling thread: what a scoped
+    /// future does at the start of each poll.
+    #[inline(always)]
+    pub fn scope_enter(&self, flags: Gfp) -> Gfp {
+        self.thread().scope.enter(flags)
+    }
+
+    /// [`ScopeState::exit`](crate::ScopeState::exit) on the calling thread: the poll's end.
+    #[inline(always)]
+    pub fn scope_exit(&self, prev: Gfp) {
+        self.thread().scope.exit(prev);
+    }
+
     /// Opens a lock-tied scope on the calling thread (see
     /// [`ScopeState::hold`](crate::ScopeState::hold)): what a scoped lock does when taken.
     #[inline]

@@ -286,6 +286,34 @@ impl ScopeState {
         self.sync_armed(cookie.bits.bits());
     }
 
+    /// Enters `flags` for a stretch that ends with [`exit`](Self::exit) of the returned word —
+    /// one poll of a scoped future: the word goes back *exactly* (cookie scopes opened inside
+    /// must be closed inside; one left open is dropped). Cheaper than a cookie: no depth, and
+    /// the exit stores without reading.
+    ///
+    /// ```
+    /// let s = ctxalloc_core::ScopeState::new();
+    /// let prev = s.enter(ctxalloc_core::Gfp::NOFS);
+    /// assert_eq!(s.current(), ctxalloc_core::Gfp::NOFS);
+    /// s.exit(prev);
+    /// assert!(s.current().is_empty());
+    /// ```
+    #[inline(always)]
+    pub fn enter(&self, flags: Gfp) -> Gfp {
+        let flags = flags & Gfp::SCOPE_MASK;
+        let old = self.word.get();
+        self.word.set(old | flags.bits());
+        self.sync_armed(flags.bits());
+        Gfp::from_bits_truncate(old)
+    }
+
+    /// Ends what [`enter`](Self::enter) began: the word is `prev` again.
+    #[inline(always)]
+    pub fn exit(&self, prev: Gfp) {
+        let old = self.word.replace(prev.bits());
+        self.sync_armed(old ^ prev.bits());
+    }
+
     /// Replaces the cookie scopes' word: for the reclaim path, which runs shrinkers with a context
     /// of its own and puts the caller's back afterwards. Returns the previous word. Lock-tied
     /// holds stay in force: a thread holding a `NOFS` lock never reclaims from filesystem

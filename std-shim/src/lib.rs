@@ -24,6 +24,16 @@
 //! Threads that exit hand their pages to the others; a child of `fork` can allocate; every
 //! power-of-two alignment is supported.
 //!
+//! Async code carries its scopes per task, not per thread: [`scoped`] / [`WithScope`] and
+//! [`AsyncScopedMutex`] (see [`task`]). In containers the limit can come from the cgroup and
+//! reclaim can follow the kernel's pressure signal ([`cgroup`], [`pressure`]).
+//!
+//! ## Features
+//!
+//! `async` (default): [`AsyncScopedMutex`]. `tokio`: [`spawn_scoped`]. The debugging aids —
+//! `forbid-alloc`, `fault-injection`, `tags`, `lockcheck`, or all four as `debug` — and
+//! `hardened`: see the `debug` items and the README.
+//!
 //! ## Environment
 //!
 //! Read once, at the first allocation; a value that does not parse is reported in one line and
@@ -39,6 +49,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "async")]
+mod async_lock;
 mod container;
 mod debug;
 mod env;
@@ -48,10 +60,13 @@ mod platform;
 mod reclaim;
 mod scope;
 mod scoped_lock;
+pub mod task;
 mod tracked;
 
 /// `allocator_api2`, re-exported: its `Vec` and `Box` take a [`Flagged`] allocator.
 pub use allocator_api2;
+#[cfg(feature = "async")]
+pub use async_lock::{AsyncScopedMutex, AsyncScopedMutexGuard};
 pub use container::{cgroup, pressure};
 /// The largest size (at alignment [`MIN_ALIGN`]) whose allocation takes the inline fast path —
 /// for wrappers such as C's `malloc` that test the size once and pass the rest on unchecked.
@@ -80,6 +95,9 @@ pub use scope::{
 pub use scoped_lock::{
     ScopedGuard, ScopedMutex, ScopedMutexGuard, ScopedReadGuard, ScopedRwLock, ScopedWriteGuard,
 };
+#[cfg(feature = "tokio")]
+pub use task::spawn_scoped;
+pub use task::{scoped, Scoped, TaskScope, WithScope};
 pub use tracked::{Tracked, TrackedMutex, TrackedMutexGuard};
 
 use ctxalloc_core::Core;

@@ -1,6 +1,7 @@
 //! The blockcache engine: worker threads read and write 4 KiB blocks of files through a
 //! decoded-block LRU cache and a write-back buffer, under a memory limit. Shared by the
-//! `blockcache` example and the conformance suite (which includes this file as a module).
+//! `blockcache` example and the conformance suite (which includes this file as a module); its
+//! cache, block contents and temporary directory also serve `blockcache-async`.
 //!
 //! ## Locks, scopes and shrinkers
 //!
@@ -293,7 +294,7 @@ impl<T> std::ops::DerefMut for OwnedGuard<'_, T> {
 pub type Key = (u32, u64);
 
 /// Dirty blocks by key: their data and version.
-type Dirty = HashMap<Key, (Box<[u8]>, u64)>;
+pub type Dirty = HashMap<Key, (Box<[u8]>, u64)>;
 
 const NIL: usize = usize::MAX;
 
@@ -306,7 +307,7 @@ struct Node {
 }
 
 /// Least recently used at the tail.
-struct Lru {
+pub struct Lru {
     map: HashMap<Key, usize>,
     nodes: Vec<Node>,
     free: Vec<usize>,
@@ -316,7 +317,7 @@ struct Lru {
 
 impl Lru {
     /// Sized up front for `blocks`: the cache never grows its tables under the lock.
-    fn with_capacity(blocks: usize) -> Lru {
+    pub fn with_capacity(blocks: usize) -> Lru {
         Lru {
             map: HashMap::with_capacity(blocks),
             nodes: Vec::with_capacity(blocks),
@@ -353,7 +354,7 @@ impl Lru {
     }
 
     /// The cached version of `k`, marking it used; the block must carry its version.
-    fn get(&mut self, k: Key) -> Option<u64> {
+    pub fn get(&mut self, k: Key) -> Option<u64> {
         let i = *self.map.get(&k)?;
         self.unlink(i);
         self.push_front(i);
@@ -366,7 +367,7 @@ impl Lru {
     /// the cache lock, with NORETRY; when memory is short the least recently used buffer is
     /// recycled instead (or, with an empty cache, the block is not cached). Returns whether it
     /// had to recycle.
-    fn insert(&mut self, k: Key, src: &[u8], version: u64) -> bool {
+    pub fn insert(&mut self, k: Key, src: &[u8], version: u64) -> bool {
         if let Some(&i) = self.map.get(&k) {
             if self.nodes[i].version < version {
                 self.nodes[i].data.copy_from_slice(src);
@@ -413,11 +414,11 @@ impl Lru {
     }
 
     /// Drops the least recently used block; false if empty.
-    fn evict(&mut self) -> bool {
+    pub fn evict(&mut self) -> bool {
         self.evict_take().is_some()
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.map.len()
     }
 }
@@ -428,7 +429,7 @@ impl Lru {
 
 /// A block buffer, or `None` if memory is short: NORETRY gives reclaim one pass — over the
 /// shrinkers the caller's scope allows — and no waiting.
-fn alloc_block() -> Option<Box<[u8]>> {
+pub fn alloc_block() -> Option<Box<[u8]>> {
     let layout = std::alloc::Layout::from_size_align(BLOCK, 1).unwrap();
     let p = ctxalloc::alloc_with(layout, Gfp::NORETRY | Gfp::NOWARN).ok()?;
     // SAFETY: a fresh block of `BLOCK` bytes from the global allocator with the layout
@@ -448,7 +449,7 @@ fn contents(k: Key, v: u64, out: &mut [u8]) {
 }
 
 /// A whole block: version header and contents.
-fn block(k: Key, v: u64, out: &mut [u8]) {
+pub fn block(k: Key, v: u64, out: &mut [u8]) {
     out[..8].copy_from_slice(&v.to_le_bytes());
     contents(k, v, &mut out[8..]);
 }
@@ -645,7 +646,7 @@ impl Shrinker for WriteBackShrinker {
     }
 }
 
-fn tempdir() -> io::Result<PathBuf> {
+pub fn tempdir() -> io::Result<PathBuf> {
     static RUN: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "blockcache-{}-{}",
