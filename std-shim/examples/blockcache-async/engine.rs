@@ -212,22 +212,11 @@ impl Store {
     }
 
     fn write_if_newer(&self, k: Key, data: &[u8], v: u64) -> io::Result<()> {
-        let mut head = [0u8; 8];
-        self.files[k.0 as usize].read_exact_at(&mut head, k.1 * BLOCK as u64)?;
-        if u64::from_le_bytes(head) < v {
-            self.files[k.0 as usize].write_all_at(data, k.1 * BLOCK as u64)?;
-        }
-        Ok(())
+        sync_engine::write_if_newer(&self.files, k, data, v)
     }
 
     fn write_back(&self, w: &mut Dirty, n: usize) -> io::Result<usize> {
-        let mut done = 0;
-        while done < n {
-            let Some(&k) = w.keys().next() else { break };
-            let (data, v) = w.remove(&k).unwrap();
-            self.write_if_newer(k, &data, v)?;
-            done += 1;
-        }
+        let done = sync_engine::write_back(&self.files, w, n)?;
         self.dirty.store(w.len(), Ordering::Relaxed);
         Ok(done)
     }

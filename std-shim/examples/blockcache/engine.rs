@@ -567,28 +567,38 @@ impl Store {
 
     /// Writes version `v` of block `k` unless its file holds a newer one already.
     fn write_if_newer(&self, k: Key, data: &[u8], v: u64) -> io::Result<()> {
-        let mut head = [0u8; 8];
-        self.files[k.0 as usize].read_exact_at(&mut head, k.1 * BLOCK as u64)?;
-        if u64::from_le_bytes(head) < v {
-            self.files[k.0 as usize].write_all_at(data, k.1 * BLOCK as u64)?;
-        }
-        Ok(())
+        write_if_newer(&self.files, k, data, v)
     }
 
     /// Writes up to `n` dirty blocks to their files and frees them; returns how many.
     fn write_back(&self, w: &mut Dirty, n: usize) -> io::Result<usize> {
-        let mut done = 0;
-        while done < n {
-            let Some(&k) = w.keys().next() else { break };
-            let k = &k;
-            let (data, v) = w.remove(k).unwrap();
-            // A newer version may be on disk already (a flush raced): never go backwards.
-            self.write_if_newer(*k, &data, v)?;
-            done += 1;
-        }
+        let done = write_back(&self.files, w, n)?;
         self.dirty.store(w.len(), Ordering::Relaxed);
         Ok(done)
     }
+}
+
+/// Writes version `v` of block `k` to its file unless the file holds a newer one already.
+pub fn write_if_newer(files: &[File], k: Key, data: &[u8], v: u64) -> io::Result<()> {
+    let mut head = [0u8; 8];
+    files[k.0 as usize].read_exact_at(&mut head, k.1 * BLOCK as u64)?;
+    if u64::from_le_bytes(head) < v {
+        files[k.0 as usize].write_all_at(data, k.1 * BLOCK as u64)?;
+    }
+    Ok(())
+}
+
+/// Writes up to `n` dirty blocks of `w` to their files and frees them; returns how many.
+pub fn write_back(files: &[File], w: &mut Dirty, n: usize) -> io::Result<usize> {
+    let mut done = 0;
+    while done < n {
+        let Some(&k) = w.keys().next() else { break };
+        let (data, v) = w.remove(&k).unwrap();
+        // A newer version may be on disk already (a flush raced): never go backwards.
+        write_if_newer(files, k, &data, v)?;
+        done += 1;
+    }
+    Ok(done)
 }
 
 /// The cache's shrinker: evicts least recently used blocks. Filesystem class.
