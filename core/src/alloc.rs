@@ -140,7 +140,7 @@ impl<P: Platform> Core<P> {
             orphan: Lock::held_across_fork("orphan", OrphanSlot(ptr::null_mut())),
             vmap: Lock::held_across_fork("vmap", Registry::new()),
             kv_live: AtomicUsize::new(0),
-            limit_origin: Lock::held_across_fork("limit_origin", LimitOrigin::none()),
+            limit_origin: Lock::held_across_fork("limit_origin", LimitOrigin::EMPTY),
             reclaim: Reclaim::new(),
             counters: Counters::new(),
             fail_reports: RateLimit::new(),
@@ -1261,7 +1261,7 @@ impl<P: Platform> CallOuts for Core<P> {
             if d.work & deferred::WAKE_BACKGROUND != 0 {
                 self.wake_background_now();
             } else if d.work & deferred::PURGE_WANTED != 0 {
-                self.wake_background_if_running();
+                self.want_background();
             }
             if d.work & deferred::ABORT != 0 {
                 self.platform.abort();

@@ -33,41 +33,7 @@ pub const LIMIT_ORIGIN_MAX: usize = 192;
 /// assert_eq!(core.stats().limit_origin.as_str(), "");
 /// # }
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct LimitOrigin {
-    text: [u8; LIMIT_ORIGIN_MAX],
-    len: usize,
-}
-
-impl LimitOrigin {
-    /// No origin.
-    pub const fn none() -> LimitOrigin {
-        LimitOrigin { text: [0; LIMIT_ORIGIN_MAX], len: 0 }
-    }
-
-    /// `s`, cut to [`LIMIT_ORIGIN_MAX`] bytes on a character boundary.
-    pub fn new(s: &str) -> LimitOrigin {
-        let mut n = s.len().min(LIMIT_ORIGIN_MAX);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        let mut o = LimitOrigin::none();
-        o.text[..n].copy_from_slice(&s.as_bytes()[..n]);
-        o.len = n;
-        o
-    }
-
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.text[..self.len]).unwrap_or("")
-    }
-}
-
-impl core::fmt::Debug for LimitOrigin {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
+pub type LimitOrigin = crate::report::InlineStr<LIMIT_ORIGIN_MAX>;
 
 /// When memory kept for speed started waiting for [`Core::purge_aged`]: the platform clock at
 /// arming, or 0 when nothing waits. Lives in the structure whose memory it times, under that

@@ -31,14 +31,65 @@ impl ReportBuf {
     }
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
+/// A string of at most `N` bytes kept inline (no allocation; `Copy`): a name or a line that a
+/// snapshot carries. Longer text is cut on a character boundary.
+///
+/// ```
+/// use ctxalloc_core::report::InlineStr;
+/// assert_eq!(InlineStr::<4>::new("größer").as_str(), "grö");
+/// assert_eq!(InlineStr::<3>::new("größer").as_str(), "gr"); // the `ö` (2 bytes) does not fit whole
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct InlineStr<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> InlineStr<N> {
+    /// The empty string.
+    pub const EMPTY: InlineStr<N> = InlineStr { bytes: [0; N], len: 0 };
+
+    /// `s`, cut to `N` bytes on a character boundary.
+    pub fn new(s: &str) -> InlineStr<N> {
+        let s = cut(s, N);
+        let mut t = InlineStr::EMPTY;
+        t.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        t.len = s.len();
+        t
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> Default for InlineStr<N> {
+    fn default() -> Self {
+        InlineStr::EMPTY
+    }
+}
+
+impl<const N: usize> fmt::Debug for InlineStr<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl Write for ReportBuf {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         const ROOM_FOR_MARK: usize = 5; // "…\n" is 4 bytes, plus one spare
         let room = (self.buf.len() - ROOM_FOR_MARK).saturating_sub(self.len);
-        let mut n = s.len().min(room);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
+        let n = cut(s, room).len();
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
         if n < s.len() && !self.cut {

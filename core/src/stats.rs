@@ -4,6 +4,7 @@
 use crate::gfp::ReclaimClass;
 use crate::page::LimitOrigin;
 use crate::reclaim::{Cause, ShrinkerStats};
+use crate::report::InlineStr;
 use crate::sync::{AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::fmt;
@@ -124,8 +125,7 @@ pub const MAX_SHRINKER_ROWS: usize = 16;
 /// One shrinker in a [`Stats`] snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShrinkerRow {
-    name: [u8; 32],
-    name_len: usize,
+    name: InlineStr<32>,
     /// Its class.
     pub class: ReclaimClass,
     /// Its counters.
@@ -134,29 +134,18 @@ pub struct ShrinkerRow {
 
 impl Default for ShrinkerRow {
     fn default() -> Self {
-        ShrinkerRow {
-            name: [0; 32],
-            name_len: 0,
-            class: ReclaimClass::Other,
-            stats: ShrinkerStats::default(),
-        }
+        ShrinkerRow { name: InlineStr::EMPTY, class: ReclaimClass::Other, stats: ShrinkerStats::default() }
     }
 }
 
 impl ShrinkerRow {
     fn new(name: &str, class: ReclaimClass, stats: ShrinkerStats) -> ShrinkerRow {
-        let mut n = name.len().min(32);
-        while !name.is_char_boundary(n) {
-            n -= 1;
-        }
-        let mut row = ShrinkerRow { name_len: n, class, stats, ..ShrinkerRow::default() };
-        row.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        row
+        ShrinkerRow { name: InlineStr::new(name), class, stats }
     }
 
     /// The shrinker's name (cut to 32 bytes).
     pub fn name(&self) -> &str {
-        core::str::from_utf8(&self.name[..self.name_len]).unwrap_or("?")
+        self.name.as_str()
     }
 }
 

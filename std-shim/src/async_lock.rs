@@ -141,22 +141,16 @@ impl<T: ?Sized> AsyncScopedMutex<T> {
                 }
             }
         }
-        let _ = at;
         AsyncScopedMutexGuard { lock: self, record, guard }
     }
 }
 
 #[cold]
 fn outside(name: &str, at: &std::panic::Location<'_>) {
-    let mut b = ctxalloc_core::report::ReportBuf::new();
-    let _ = fmt::Write::write_fmt(
-        &mut b,
-        format_args!(
-            "ctxalloc: async scoped lock `{name}` taken at {at} outside a scoped future (ctxalloc::scoped, \
+    crate::platform::report(format_args!(
+        "ctxalloc: async scoped lock `{name}` taken at {at} outside a scoped future (ctxalloc::scoped, \
              spawn_scoped): its scope does not follow the task\n"
-        ),
-    );
-    crate::platform::report(b.as_str());
+    ));
 }
 
 impl<T: ?Sized> Tracked for AsyncScopedMutex<T> {

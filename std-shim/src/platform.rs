@@ -73,9 +73,10 @@ pub(crate) fn spawn(main: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void)
     r == 0
 }
 
-/// Writes `msg` to stderr without allocating.
-pub(crate) fn report(msg: &str) {
-    StdPlatform.report(msg);
+/// Writes a report to stderr without allocating (`ctxalloc_core::report::report`: one line,
+/// never under an allocator lock).
+pub(crate) fn report(args: std::fmt::Arguments<'_>) {
+    ctxalloc_core::report::report(&StdPlatform, args);
 }
 
 /// The background thread (the kernel's kswapd): sleeps until usage passes the low watermark,

@@ -221,12 +221,6 @@ pub(crate) fn detach(record: &TaskScope, flags: Gfp) {
     }
 }
 
-/// Whether `record` is the task being polled on this thread (innermost scoped poll).
-#[cfg(feature = "lockcheck")]
-pub(crate) fn is_current(record: *const TaskScope) -> bool {
-    ptr::eq(current_record(), record)
-}
-
 /// The record of the task being polled on this thread, if any.
 pub(crate) fn current_record() -> *const TaskScope {
     let frame = FRAME.with(|f| f.get());
@@ -254,7 +248,7 @@ pub(crate) fn lock_dropped(record: &TaskScope, class: &ctxalloc_core::LockClass)
     let mut held = record.held.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = held.iter().rposition(|h| ptr::eq(h.0, class)) {
         held.remove(i);
-        if is_current(record) {
+        if ptr::eq(current_record(), record) {
             CORE.lock_release(class);
         }
     }
@@ -313,15 +307,10 @@ impl<F: Future> Future for Scoped<F> {
 
 #[cold]
 fn outlived(at: &Location<'_>) {
-    let mut b = ctxalloc_core::report::ReportBuf::new();
-    let _ = std::fmt::Write::write_fmt(
-        &mut b,
-        format_args!(
-            "ctxalloc: a scoped future ({at}) finished while a guard of one of its async scoped locks lives on: \
+    crate::platform::report(format_args!(
+        "ctxalloc: a scoped future ({at}) finished while a guard of one of its async scoped locks lives on: \
              the lock's scope is no longer entered for it\n"
-        ),
-    );
-    crate::platform::report(b.as_str());
+    ));
 }
 
 /// Runs `fut` with `flags` entered during every one of its polls, on whichever thread polls

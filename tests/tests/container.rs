@@ -110,14 +110,9 @@ fn child_pressure_source() {
     cache.buffers.lock().unwrap().extend((0..256).map(|i| vec![i as u8; 256 << 10].into_boxed_slice()));
     let before = ctxalloc::usage();
 
-    let mut fds = [0; 2];
-    // SAFETY: a pipe for the fake source.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let seen = pressure::handled();
+    let fds = pipe();
     pressure::watch_fd(fds[0]);
-    // SAFETY: one byte from a live buffer into our pipe.
-    assert_eq!(unsafe { libc::write(fds[1], b"!".as_ptr().cast(), 1) }, 1);
-    assert_ne!(pressure::wait(seen, Duration::from_secs(120)), seen, "the monitor answered");
+    assert!(fire(fds), "the monitor answered");
     pressure::unwatch_fd();
     // SAFETY: our pipe, no longer watched.
     unsafe {

@@ -535,8 +535,19 @@ impl<P: Platform> Core<P> {
         self.call_out(deferred::PURGE_WANTED);
     }
 
-    /// [`purge_wanted`](Self::purge_wanted), with no lock held.
-    pub(crate) fn wake_background_if_running(&self) {
+    /// [`purge_wanted`](Self::purge_wanted), with no lock held: wakes the platform's
+    /// background thread if it runs, else has it started by the next allocation's slow path.
+    /// Also for an embedder that configured background work (a pressure monitor, a limit to
+    /// follow) where starting a thread is not allowed — inside an allocation.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// let core = ctxalloc_core::Core::new(ctxalloc_core::mock::MockPlatform::new(8 << 20));
+    /// core.want_background(); // the mock has no thread: nothing happens until one is asked for
+    /// assert_eq!(core.stats().background_passes, 0);
+    /// # }
+    /// ```
+    pub fn want_background(&self) {
         if self.out("background_if_running").background_if_running() {
             self.nudge_background();
         } else {
@@ -565,21 +576,6 @@ impl<P: Platform> Core<P> {
     pub(crate) fn wake_background_now(&self) {
         self.out("background_wanted").background_wanted();
         self.nudge_background();
-    }
-
-    /// Has the platform's background thread started by the next allocation's slow path, if
-    /// it does not run: for an embedder that configured background work (a pressure monitor,
-    /// a limit to follow) where starting a thread is not allowed — inside an allocation.
-    ///
-    /// ```
-    /// # #[cfg(feature = "mock")] {
-    /// let core = ctxalloc_core::Core::new(ctxalloc_core::mock::MockPlatform::new(8 << 20));
-    /// core.want_background(); // the mock has no thread: nothing happens until one is asked for
-    /// assert_eq!(core.stats().background_passes, 0);
-    /// # }
-    /// ```
-    pub fn want_background(&self) {
-        self.wake_background_if_running();
     }
 
     /// Whether the background thread has work: reclaim was asked for, or freed memory waits

@@ -241,10 +241,7 @@ impl Shrinker for CacheShrinker {
             return ScanResult::Stop;
         }
         let Some(mut c) = s.cache.try_lock() else { return ScanResult::Stop };
-        let mut n = 0;
-        while n < sc.nr_to_scan && c.evict() {
-            n += 1;
-        }
+        let n = c.evict(sc.nr_to_scan);
         s.cached.store(c.len(), Ordering::Relaxed);
         s.evicted.fetch_add(n as u64, Ordering::Relaxed);
         ScanResult::Freed(n)

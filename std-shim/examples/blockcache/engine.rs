@@ -413,9 +413,9 @@ impl Lru {
         Some(std::mem::take(&mut self.nodes[i].data))
     }
 
-    /// Drops the least recently used block; false if empty.
-    pub fn evict(&mut self) -> bool {
-        self.evict_take().is_some()
+    /// Drops up to `n` least recently used blocks; returns how many.
+    pub fn evict(&mut self, n: usize) -> usize {
+        (0..n).take_while(|_| self.evict_take().is_some()).count()
     }
 
     pub fn len(&self) -> usize {
@@ -617,10 +617,7 @@ impl Shrinker for CacheShrinker {
     fn scan(&self, sc: &mut ShrinkControl) -> ScanResult {
         let s = &self.0;
         let Some(mut c) = s.lock_for_shrinker(&s.cache, "block-cache") else { return ScanResult::Stop };
-        let mut n = 0;
-        while n < sc.nr_to_scan && c.evict() {
-            n += 1;
-        }
+        let n = c.evict(sc.nr_to_scan);
         s.cached.store(c.len(), Ordering::Relaxed);
         s.evicted.fetch_add(n as u64, Ordering::Relaxed);
         ScanResult::Freed(n)

@@ -194,11 +194,7 @@ impl Cgroups {
 
     /// `CTXALLOC_CGROUP_ROOT`, at the first allocation; `false` if it is too long.
     pub(crate) fn set_system_root(root: &[u8]) -> bool {
-        let root = root.strip_suffix(b"/").unwrap_or(root);
-        match StackPath::of(&[root]).filter(|p| p.len() <= 255) {
-            Some(p) => SYSTEM_ROOT.set(p).is_ok(),
-            None => false,
-        }
+        root_path(root).is_some_and(|p| SYSTEM_ROOT.set(p).is_ok())
     }
 
     /// A tree under `root` (for tests); `None` if the path is too long (over 255 bytes) or not
@@ -216,11 +212,7 @@ impl Cgroups {
     /// std::fs::remove_dir_all(&root).unwrap();
     /// ```
     pub fn at(root: &std::path::Path) -> Option<Cgroups> {
-        let s = root.to_str()?.trim_end_matches('/');
-        if s.len() > 255 {
-            return None;
-        }
-        Some(Cgroups { root: StackPath::of(&[s.as_bytes()])? })
+        Some(Cgroups { root: root_path(root.to_str()?.as_bytes())? })
     }
 
     fn path(&self, parts: &[&[u8]]) -> Option<StackPath> {
@@ -231,6 +223,18 @@ impl Cgroups {
     /// The binding limit: the smallest `memory.max`, `memory.high` (v2) or
     /// `memory.limit_in_bytes` (v1) from the process's cgroup up to each hierarchy's root.
     pub fn memory_limit(&self) -> Result<CgroupLimit, CgroupError> {
+        let (cgroup, found) = self.hierarchies()?;
+        let mut best: Option<CgroupLimit> = None;
+        let mut last_dir = cgroup;
+        for h in found.iter().flatten() {
+            last_dir = self.walk(h, &mut best)?;
+        }
+        best.ok_or_else(|| CgroupError::new(CgroupErrorKind::Unlimited, &last_dir))
+    }
+
+    /// The hierarchies the process is in — the unified one (v2) first, then v1's memory
+    /// controller — with where each is mounted; and the `/proc/self/cgroup` read.
+    fn hierarchies(&self) -> Result<(StackPath, [Option<Hierarchy>; 2]), CgroupError> {
         let cgroup = self.path(&[b"/proc/self/cgroup"]).unwrap_or_default();
         let mut buf = [0u8; 4096];
         let text = match read_file(&cgroup, &mut buf) {
@@ -247,16 +251,12 @@ impl Cgroups {
             let slot = &mut found[usize::from(v1)];
             if (v2 || v1) && slot.is_none() {
                 let Some(path) = StackPath::of(&[path]) else { continue };
-                let (mount, mount_root) = if v2 {
-                    (StackPath::of(&[b"/sys/fs/cgroup"]), StackPath::of(&[b"/"]))
-                } else {
-                    (StackPath::of(&[b"/sys/fs/cgroup/memory"]), StackPath::of(&[b"/"]))
-                };
+                let mount: &[u8] = if v2 { b"/sys/fs/cgroup" } else { b"/sys/fs/cgroup/memory" };
                 *slot = Some(Hierarchy {
                     v2,
                     path,
-                    mount: mount.unwrap_or_default(),
-                    mount_root: mount_root.unwrap_or_default(),
+                    mount: StackPath::of(&[mount]).unwrap_or_default(),
+                    mount_root: StackPath::of(&[b"/"]).unwrap_or_default(),
                 });
             }
         }
@@ -264,12 +264,19 @@ impl Cgroups {
             return Err(CgroupError::new(CgroupErrorKind::NotInCgroup, &cgroup));
         }
         self.find_mounts(&mut found);
-        let mut best: Option<CgroupLimit> = None;
-        let mut last_dir = cgroup;
-        for h in found.iter().flatten() {
-            last_dir = self.walk(h, &mut best)?;
+        Ok((cgroup, found))
+    }
+
+    /// The process's cgroup directory in `h` (under the root), and the length of its mount's
+    /// path, above which the walk to the root stops; `None` if the path is too long.
+    fn dir_of(&self, h: &Hierarchy) -> Option<(StackPath, usize)> {
+        let rel = relative(h.path.as_bytes(), h.mount_root.as_bytes());
+        let mut dir = self.path(&[h.mount.as_bytes()])?;
+        let floor = dir.len();
+        if !rel.is_empty() && rel != b"/" && !dir.push(rel.strip_suffix(b"/").unwrap_or(rel)) {
+            return None;
         }
-        best.ok_or_else(|| CgroupError::new(CgroupErrorKind::Unlimited, &last_dir))
+        Some((dir, floor))
     }
 
     /// Replaces the default mount points by what `/proc/self/mountinfo` says, if it exists.
@@ -307,12 +314,9 @@ impl Cgroups {
     /// Reads the limit files from the process's cgroup of `h` up to its mount, keeping the
     /// smallest in `best`; returns the directory it started from.
     fn walk(&self, h: &Hierarchy, best: &mut Option<CgroupLimit>) -> Result<StackPath, CgroupError> {
-        let rel = relative(h.path.as_bytes(), h.mount_root.as_bytes());
-        let mut dir = self.path(&[h.mount.as_bytes()]).unwrap_or_default();
-        let floor = dir.len();
-        if !rel.is_empty() && rel != b"/" && !dir.push(rel.strip_suffix(b"/").unwrap_or(rel)) {
-            return Err(CgroupError::read(&dir, ReadError::TooLong));
-        }
+        let Some((mut dir, floor)) = self.dir_of(h) else {
+            return Err(CgroupError::read(&h.mount, ReadError::TooLong));
+        };
         let start = dir;
         let files: &[LimitFile] = if h.v2 { &[LimitFile::Max, LimitFile::High] } else { &[LimitFile::V1] };
         loop {
@@ -375,31 +379,23 @@ impl Cgroups {
     }
 
     fn cgroup_pressure_file(&self) -> Option<StackPath> {
-        let cgroup = self.path(&[b"/proc/self/cgroup"])?;
-        let mut buf = [0u8; 4096];
-        let text = read_file(&cgroup, &mut buf).ok()?;
-        let line = text.split(|&b| b == b'\n').find(|l| l.starts_with(b"0::"))?;
-        let mut h = [
-            Some(Hierarchy {
-                v2: true,
-                path: StackPath::of(&[&line[3..]])?,
-                mount: StackPath::of(&[b"/sys/fs/cgroup"])?,
-                mount_root: StackPath::of(&[b"/"])?,
-            }),
-            None,
-        ];
-        self.find_mounts(&mut h);
-        let h = h[0].as_ref()?;
-        let rel = relative(h.path.as_bytes(), h.mount_root.as_bytes());
-        let mut p = self.path(&[h.mount.as_bytes()])?;
-        if !rel.is_empty() && rel != b"/" && !p.push(rel.strip_suffix(b"/").unwrap_or(rel)) {
-            return None;
-        }
+        let (_, found) = self.hierarchies().ok()?;
+        let (mut p, _) = self.dir_of(found[0].as_ref()?)?;
         if !p.push(b"/memory.pressure") {
             return None;
         }
         super::fs::Fd::open(&p, libc::O_RDONLY).ok().map(|_| p)
     }
+}
+
+/// A root to read under: without its trailing `/`s, at most 255 bytes (so that the paths built
+/// under it fit).
+fn root_path(root: &[u8]) -> Option<StackPath> {
+    let mut n = root.len();
+    while n > 0 && root[n - 1] == b'/' {
+        n -= 1;
+    }
+    StackPath::of(&[&root[..n]]).filter(|p| p.len() <= 255)
 }
 
 /// The cgroup path `path` relative to a mount of the hierarchy's directory `root`: all of it
@@ -500,12 +496,14 @@ impl AutoLimit {
             AutoLimit::Percent(p) => bytes / 100 * u64::from(p) + bytes % 100 * u64::from(p) / 100,
         }
     }
+}
 
-    /// The form `CTXALLOC_LIMIT` takes, for messages.
-    fn write(self, w: &mut dyn fmt::Write) -> fmt::Result {
+/// The form `CTXALLOC_LIMIT` takes: `auto`, `80%`.
+impl fmt::Display for AutoLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AutoLimit::Auto => w.write_str("auto"),
-            AutoLimit::Percent(p) => write!(w, "{p}%"),
+            AutoLimit::Auto => f.write_str("auto"),
+            AutoLimit::Percent(p) => write!(f, "{p}%"),
         }
     }
 }
@@ -623,9 +621,9 @@ fn following() -> Option<AutoLimit> {
 /// ```
 pub fn set_limit_from_cgroup(how: AutoLimit) -> Result<usize, CgroupError> {
     let r = Cgroups::system().resolve(how)?;
-    crate::platform::start_background();
     apply(how, &r);
-    crate::pressure::limit_follows_cgroup();
+    // The background reclaimer for the limit, and the monitor that follows it.
+    crate::platform::start_background();
     Ok(r.limit)
 }
 
@@ -645,11 +643,7 @@ pub(crate) fn from_environment(how: AutoLimit) {
             crate::CORE.want_background();
         }
         Err(e) => {
-            let mut b = ctxalloc_core::report::ReportBuf::new();
-            let _ = fmt::Write::write_str(&mut b, "ctxalloc: CTXALLOC_LIMIT=");
-            let _ = how.write(&mut b);
-            let _ = fmt::Write::write_fmt(&mut b, format_args!(": no limit: {e}\n"));
-            crate::platform::report(b.as_str());
+            crate::platform::report(format_args!("ctxalloc: CTXALLOC_LIMIT={how}: no limit: {e}\n"));
         }
     }
 }
@@ -677,12 +671,9 @@ pub(crate) fn reread() {
         }
         Err(e) => {
             if !REREAD_WARNED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                let mut b = ctxalloc_core::report::ReportBuf::new();
-                let _ = fmt::Write::write_fmt(
-                    &mut b,
-                    format_args!("ctxalloc: re-reading the cgroup limit: {e}; the limit stays\n"),
-                );
-                crate::platform::report(b.as_str());
+                crate::platform::report(format_args!(
+                    "ctxalloc: re-reading the cgroup limit: {e}; the limit stays\n"
+                ));
             }
         }
     }

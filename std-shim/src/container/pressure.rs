@@ -347,12 +347,6 @@ pub(crate) fn shrinker_registered() {
     }
 }
 
-/// The limit now follows the cgroup: the monitor re-reads it (and, in auto mode, watches
-/// pressure).
-pub(crate) fn limit_follows_cgroup() {
-    start_if_wanted();
-}
-
 /// `CTXALLOC_PRESSURE`, at the first allocation (nothing allocates or starts here).
 pub(crate) fn from_environment(v: &[u8]) -> Result<(), TriggerError> {
     let t = v.trim_ascii();
@@ -520,14 +514,9 @@ extern "C" fn monitor_main(_: *mut libc::c_void) -> *mut libc::c_void {
                         set_status(STATUS_REFUSED, why);
                         let why = WHY[usize::from(why)];
                         refused = Some(t);
-                        let mut b = ctxalloc_core::report::ReportBuf::new();
-                        let _ = fmt::Write::write_fmt(
-                            &mut b,
-                            format_args!(
-                                "ctxalloc: no reclaim on memory pressure: cannot register a trigger on {path}: {why}\n"
-                            ),
-                        );
-                        crate::platform::report(b.as_str());
+                        crate::platform::report(format_args!(
+                            "ctxalloc: no reclaim on memory pressure: cannot register a trigger on {path}: {why}\n"
+                        ));
                     }
                 }
             }
@@ -563,9 +552,9 @@ extern "C" fn monitor_main(_: *mut libc::c_void) -> *mut libc::c_void {
                 unsafe { libc::read(ctl, (&mut v as *mut u64).cast(), 8) };
             }
             if fds[1].revents & libc::POLLERR != 0 {
-                crate::platform::report(
-                    "ctxalloc: the memory-pressure trigger's cgroup is gone; no longer watching\n",
-                );
+                crate::platform::report(format_args!(
+                    "ctxalloc: the memory-pressure trigger's cgroup is gone; no longer watching\n"
+                ));
                 TRIGGER_FD.store(-1, Ordering::SeqCst);
                 set_status(STATUS_REFUSED, WHY_GONE);
                 refused = trigger.take().map(|t| t.1);
