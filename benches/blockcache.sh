@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
 # blockcache throughput at limits of 16, 64 and 256 MiB and without a limit (128 MiB of data,
-# 4 threads), one row per run: ops/s, peak usage, reclaim activity.
+# 4 threads), one row per run: ops/s, peak usage, reclaim activity — read from the example's
+# `--json` output.
 # Usage: benches/blockcache.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${1:-10}
 cargo build -q --release --example blockcache
-printf '| limit | ops/s | peak usage | reclaim rounds | background passes | evicted | written back by reclaim | recycled | written through | lost |\n|---|---|---|---|---|---|---|---|---|---|\n'
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+printf '| limit | ops/s | peak usage | reclaim rounds | background reclaims | evicted | written back by reclaim | recycled | written through | lost |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for l in 16M 64M 256M none; do
-  out=$(target/release/examples/blockcache --limit "$l" --seconds "$S" --quiet)
-  ops=$(sed -n 's/^  \([0-9]*\) ops\/s.*/\1/p' <<<"$out")
-  peak=$(sed -n 's/^  peak usage \([0-9]* MiB\).*/\1/p' <<<"$out" | head -1)
-  rounds=$(sed -n 's/^  reclaim rounds *\([0-9]*\)/\1/p' <<<"$out")
-  bg=$(sed -n 's/^  background passes *\([0-9]*\)/\1/p' <<<"$out")
-  ev=$(sed -n 's/.*reclaim evicted \([0-9]*\) blocks and wrote back \([0-9]*\),.*/\1/p' <<<"$out")
-  wb=$(sed -n 's/.*reclaim evicted \([0-9]*\) blocks and wrote back \([0-9]*\),.*/\2/p' <<<"$out")
-  rc=$(sed -n 's/.*, \([0-9]*\) inserts recycled.*/\1/p' <<<"$out")
-  wt=$(sed -n 's/.*and \([0-9]*\) writes went through.*/\1/p' <<<"$out")
-  lost=$(sed -n 's/.*read back, \([0-9]*\) lost.*/\1/p' <<<"$out")
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$l" "$ops" "$peak" "$rounds" "$bg" "$ev" "$wb" "$rc" "$wt" "$lost"
+  "$target/release/examples/blockcache" --limit "$l" --seconds "$S" --json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+a = r["allocator"]
+print("| %s | %.0f | %d MiB | %d | %d | %d | %d | %d | %d | %d |" % (
+    sys.argv[1], r["ops_per_s"], r["peak_usage_bytes"] >> 20, a["reclaim_rounds"], a["background_reclaims"],
+    r["evicted"], r["written_back"], r["recycled"], r["written_through"], r["lost"]))' "$l"
 done

@@ -45,7 +45,7 @@ fn kernel_at<P: ctxalloc_kernel::Platform + 'static>(p: P, skew: usize) -> &'sta
     // SAFETY: a leaked region, ours for ever.
     unsafe { k.init(region(skew), REGION) };
     // A benchmark measures the allocator, not reclaim: no limit.
-    k.core().set_limit(None);
+    k.core().remove_limit();
     k
 }
 

@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
     while limit - ctxalloc::emergency_reserve(limit) < u + (32 << 20) {
         limit += 1 << 20;
     }
-    ctxalloc::set_limit(Some(limit));
+    ctxalloc::set_limit(limit).expect("a workable limit");
     assert!(ctxalloc::alloc_with(big, Gfp::NORECLAIM | Gfp::NOWARN).is_err(), "the allocator refuses");
     g.bench_function("from the reserve 64 MiB (allocator refuses)", |b| {
         b.iter(|| {
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
             unsafe { reserve_pool.free(e) };
         })
     });
-    ctxalloc::set_limit(None);
+    ctxalloc::remove_limit();
     g.finish();
     let s = ctxalloc::stats();
     assert!(s.mempool_reserve_uses > 0 && s.mempool_waits == 0, "{s}");

@@ -8,7 +8,7 @@
 
 use crate::gfp::{Effective, Gfp};
 use crate::lock::{deferred, CallOuts, Lock, LockGuard};
-use crate::page::{Accounting, LimitOrigin};
+use crate::page::{Accounting, LimitError, LimitOrigin, UsageOf};
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::Reclaim;
 use crate::report::{report, RateLimit};
@@ -19,8 +19,9 @@ use crate::slab::heap::{pop, Heap};
 use crate::slab::page::Page;
 use crate::slab::remote::Block;
 use crate::slab::segmap::SegMap;
-use crate::slab::segment::PageHeap;
-use crate::stats::{Bytes, Counters, Limit};
+use crate::slab::segment::{header_bytes, PageHeap};
+use crate::slab::SLICE_SIZE;
+use crate::stats::Counters;
 use crate::sync::{AtomicUsize, Ordering};
 use crate::vmap::Registry;
 use crate::Platform;
@@ -1003,11 +1004,10 @@ impl<P: Platform> Core<P> {
                 report(
                     &self.platform,
                     format_args!(
-                        "ctxalloc: allocation of {size} bytes failed in context {}: {why}; usage {} of \
-                         limit {} ({suppressed} similar reports suppressed)",
+                        "ctxalloc: allocation of {size} bytes failed in context {}: {why}; {} \
+                         ({suppressed} similar reports suppressed)",
                         eff.gfp(),
-                        Bytes(self.acct.usage() as u64),
-                        Limit(self.acct.limit()),
+                        UsageOf { usage: self.acct.usage(), limit: self.acct.limit() },
                     ),
                 );
             }
@@ -1092,17 +1092,37 @@ impl<P: Platform> Core<P> {
         self.acct.usage()
     }
 
-    /// Sets (or, with `None`, removes) the memory limit. Usage never exceeds it: plain requests
-    /// stop at `limit − reserve` (the reserve is 1/32 of the limit, 256 KiB – 64 MiB), NOFAIL
-    /// requests may use half the reserve, MEMALLOC (the reclaim context) all of it. A limit below
-    /// the current usage makes allocations reclaim until usage is under it.
-    pub fn set_limit(&self, limit: Option<usize>) {
-        self.set_limit_from(limit, "");
+    /// The smallest limit [`set_limit`](Self::set_limit) accepts: the emergency reserve's floor
+    /// ([`RESERVE_FLOOR`](crate::RESERVE_FLOOR)), a segment header and one slab page — what the
+    /// first allocation needs. A program needs a slab page (64 KiB) for each size class it uses,
+    /// so a useful limit is some MiB.
+    pub const MIN_LIMIT: usize = crate::page::RESERVE_FLOOR + header_bytes(P::PAGE_SIZE) + SLICE_SIZE;
+
+    /// Sets the memory limit, in bytes. Usage never exceeds it: plain requests stop at
+    /// `limit − reserve` (the reserve is 1/32 of the limit, 256 KiB – 64 MiB, at most half of
+    /// it), NOFAIL requests may use half the reserve, MEMALLOC (the reclaim context) all of it. A
+    /// limit below the current usage makes allocations reclaim until usage is under it. A limit
+    /// below [`MIN_LIMIT`](Self::MIN_LIMIT) is refused and changes nothing.
+    pub fn set_limit(&self, bytes: usize) -> Result<(), LimitError> {
+        self.set_limit_from(bytes, "")
+    }
+
+    /// Removes the memory limit.
+    pub fn remove_limit(&self) {
+        self.install_limit(None, "");
     }
 
     /// [`set_limit`](Self::set_limit), saying where the limit came from (shown by
     /// [`stats`](Self::stats); see [`LimitOrigin`](crate::LimitOrigin)).
-    pub fn set_limit_from(&self, limit: Option<usize>, origin: &str) {
+    pub fn set_limit_from(&self, bytes: usize, origin: &str) -> Result<(), LimitError> {
+        if bytes < Self::MIN_LIMIT {
+            return Err(LimitError { limit: bytes, min: Self::MIN_LIMIT });
+        }
+        self.install_limit(Some(bytes), origin);
+        Ok(())
+    }
+
+    fn install_limit(&self, limit: Option<usize>, origin: &str) {
         let origin = LimitOrigin::new(if limit.is_some() { origin } else { "" });
         {
             let mut o = self.lock(&self.limit_origin);

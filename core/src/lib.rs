@@ -53,6 +53,22 @@
 //!    the page's `owner` is our heap, so the block goes on the page's `local_free` list. Another
 //!    thread freeing it would push it on the page's atomic remote list instead.
 //!
+//! ## Features
+//!
+//! On docs.rs every item is shown, each labelled with the feature it needs.
+//!
+//! | feature | what |
+//! |---|---|
+//! | `mock` | `mock::MockPlatform`: a deterministic in-memory platform with injectable failures (uses `std`), for tests, fuzzing and benchmarks of the core |
+//! | `forbid-alloc` | `Gfp::FORBID` scopes report every allocation inside them |
+//! | `fault-injection` | `FaultConfig`: scoped, reproducible allocation failures |
+//! | `tags` | allocation tags: live bytes and calls per tag (`TagRow`) |
+//! | `lockcheck` | the reclaim-order checker (`LockClass`) |
+//! | `hardened` | encoded, validated free lists; double and foreign frees caught on the fast path |
+//!
+//! The core reads no environment variable: configuration is the shim's (the std shim's
+//! `CTXALLOC_*` variables; sizes parse with [`parse::parse_size`]).
+//!
 //! ## Testing the core
 //!
 //! The `mock` feature provides `mock::MockPlatform`, an in-memory platform with injectable
@@ -60,70 +76,73 @@
 
 #![no_std]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(any(test, feature = "mock", loom))]
+#[cfg(any(test, feature = "mock"))]
 extern crate std;
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod alloc;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod debug;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod gfp;
-#[cfg(all(feature = "hardened", not(loom)))]
+#[cfg(all(feature = "hardened", not(all(loom, test))))]
 mod hardened;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod lock;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod mempool;
-#[cfg(all(any(test, feature = "mock"), not(loom)))]
+#[cfg(all(any(test, feature = "mock"), not(all(loom, test))))]
 pub mod mock;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod page;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
+pub mod parse;
+#[cfg(not(all(loom, test)))]
 mod platform;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod reclaim;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub mod report;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod scope;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod scoped_lock;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub mod size_class;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod slab;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod stats;
 mod sync;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(all(loom, test))))]
 mod tests;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod track;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 mod vmap;
 
 /// Under loom only the lock-free structures (and what they name) are compiled.
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 #[allow(dead_code)]
 mod slab {
     #[path = "remote.rs"]
     pub(crate) mod remote;
 }
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 #[allow(dead_code, unused_imports)]
 mod gfp;
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 #[allow(dead_code)]
 mod scoped_lock;
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 #[allow(dead_code)]
 mod mempool {
     #[path = "reserve.rs"]
     pub(crate) mod reserve;
 }
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 #[allow(dead_code)]
 mod reclaim {
     #[path = "background.rs"]
@@ -134,39 +153,44 @@ mod reclaim {
     pub(crate) mod shrinker;
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use alloc::{AllocError, Core};
 #[cfg(feature = "fault-injection")]
 pub use debug::fault::{FaultConfig, FaultSaved};
 #[cfg(feature = "tags")]
 pub use debug::tags::{TagRow, MAX_TAGS};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use debug::LockClass;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use gfp::{Effective, Gfp, ReclaimClass, Reserve};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use mempool::{Mempool, PoolBox, WAIT_NS as MEMPOOL_WAIT_NS};
-#[cfg(not(loom))]
-pub use page::emergency_reserve;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
+pub use page::{emergency_reserve, LimitError, RESERVE_FLOOR};
+#[cfg(not(all(loom, test)))]
 pub use page::{LimitOrigin, LIMIT_ORIGIN_MAX, PURGE_DELAY_NS};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use platform::{Platform, ThreadCtx};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use reclaim::background::BackgroundThread;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use reclaim::pressure::{PressureOutcome, PressurePolicy};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use reclaim::shrinker::{ScanResult, ShrinkControl, Shrinker};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use reclaim::{Cause, ShrinkerId, ShrinkerStats};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use scope::{Cookie, Mispair, ScopeInfo, ScopeState};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use scoped_lock::{ContextHolder, ScopedSpinGuard, ScopedSpinLock};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use slab::{SEGMENT_SIZE, SLICE_SIZE};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use stats::{ShrinkerRow, Stats, MAX_SHRINKER_ROWS};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub use sync::{SpinGuard, SpinLock};
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

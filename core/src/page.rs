@@ -4,6 +4,7 @@
 //! is checked against it in [`Accounting::charge`].
 
 use crate::gfp::{Effective, Reserve};
+use crate::stats::Bytes;
 use crate::sync::{AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::ptr::NonNull;
@@ -27,9 +28,9 @@ pub const LIMIT_ORIGIN_MAX: usize = 192;
 /// ```
 /// # #[cfg(feature = "mock")] {
 /// let core = ctxalloc_core::Core::new(ctxalloc_core::mock::MockPlatform::new(8 << 20));
-/// core.set_limit_from(Some(6 << 20), "75 % of the board's RAM");
+/// core.set_limit_from(6 << 20, "75 % of the board's RAM").unwrap();
 /// assert_eq!(core.stats().limit_origin.as_str(), "75 % of the board's RAM");
-/// core.set_limit(None);
+/// core.remove_limit();
 /// assert_eq!(core.stats().limit_origin.as_str(), "");
 /// # }
 /// ```
@@ -93,7 +94,68 @@ pub(crate) struct Accounting {
 /// ```
 #[inline]
 pub fn emergency_reserve(limit: usize) -> usize {
-    (limit / 32).clamp(256 << 10, 64 << 20).min(limit / 2)
+    (limit / 32).clamp(RESERVE_FLOOR, 64 << 20).min(limit / 2)
+}
+
+/// The emergency reserve's floor: 256 KiB (below a limit of 512 KiB, half the limit).
+pub const RESERVE_FLOOR: usize = 256 << 10;
+
+/// A limit refused by [`Core::set_limit`]: below [`Core::MIN_LIMIT`], where the emergency reserve
+/// leaves too little for even the first allocation.
+///
+/// ```
+/// # #[cfg(feature = "mock")] {
+/// use ctxalloc_core::{mock::MockPlatform, Core};
+/// let core = Core::new(MockPlatform::new(8 << 20));
+/// let e = core.set_limit(100 << 10).unwrap_err();
+/// assert_eq!(e.min, Core::<MockPlatform>::MIN_LIMIT);
+/// assert!(e.to_string().starts_with("a limit of 100 KiB cannot work"), "{e}");
+/// assert_eq!(core.limit(), None); // nothing changed
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitError {
+    /// The limit asked for.
+    pub limit: usize,
+    /// The smallest limit that can work.
+    pub min: usize,
+}
+
+impl core::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "a limit of {} cannot work: the smallest is {} (the emergency reserve of up to {} below \
+             the limit, and a segment header and one slab page for the first allocation)",
+            Bytes(self.limit as u64),
+            Bytes(self.min as u64),
+            Bytes(RESERVE_FLOOR as u64),
+        )
+    }
+}
+
+impl core::error::Error for LimitError {}
+
+/// Usage against the limit, for failure reports: `usage 12 KiB of limit 400 KiB, 200 KiB of it
+/// the emergency reserve` — the ceiling a plain allocation met is the difference.
+pub(crate) struct UsageOf {
+    pub(crate) usage: usize,
+    pub(crate) limit: Option<usize>,
+}
+
+impl core::fmt::Display for UsageOf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.limit {
+            None => write!(f, "usage {}, no limit", Bytes(self.usage as u64)),
+            Some(l) => write!(
+                f,
+                "usage {} of limit {}, {} of it the emergency reserve",
+                Bytes(self.usage as u64),
+                Bytes(l as u64),
+                Bytes(emergency_reserve(l) as u64)
+            ),
+        }
+    }
 }
 
 impl Accounting {

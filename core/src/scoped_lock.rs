@@ -8,7 +8,7 @@
 
 use crate::gfp::Gfp;
 use crate::sync::{SpinGuard, SpinLock};
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 use crate::{Core, Platform};
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
@@ -31,7 +31,7 @@ pub unsafe trait ContextHolder: Sync {
 }
 
 // SAFETY: `scope_hold`/`scope_release` touch only the calling thread's `ScopeState`.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 unsafe impl<P: Platform> ContextHolder for Core<P> {
     #[inline]
     fn hold(&self, flags: Gfp) {
@@ -72,13 +72,13 @@ pub struct ScopedSpinLock<'h, H: ContextHolder, T> {
 
 impl<'h, H: ContextHolder, T> ScopedSpinLock<'h, H, T> {
     /// A lock holding `value`, whose holders allocate inside `flags` (scope bits only).
-    #[cfg(not(loom))]
+    #[cfg(not(all(loom, test)))]
     pub const fn new(holder: &'h H, value: T, flags: Gfp) -> Self {
         ScopedSpinLock { holder, flags, lock: SpinLock::new(value) }
     }
 
     /// A lock holding `value` (loom's locks have no `const` constructor).
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub fn new(holder: &'h H, value: T, flags: Gfp) -> Self {
         ScopedSpinLock { holder, flags, lock: SpinLock::new(value) }
     }

@@ -21,6 +21,9 @@ pub(crate) struct Counters {
     pub(crate) scope_mispairs: AtomicUsize,
     pub(crate) mempool_reserve_uses: AtomicUsize,
     pub(crate) mempool_waits: AtomicUsize,
+    /// `purge_aged` calls that gave memory back, and the bytes they gave.
+    pub(crate) aged_purges: AtomicUsize,
+    pub(crate) aged_purged: AtomicUsize,
 }
 
 impl Counters {
@@ -35,6 +38,8 @@ impl Counters {
             scope_mispairs: AtomicUsize::new(0),
             mempool_reserve_uses: AtomicUsize::new(0),
             mempool_waits: AtomicUsize::new(0),
+            aged_purges: AtomicUsize::new(0),
+            aged_purged: AtomicUsize::new(0),
         }
     }
 }
@@ -95,8 +100,14 @@ pub struct Stats {
     pub reserve_uses: u64,
     /// Direct-reclaim rounds run by allocating threads.
     pub reclaim_rounds: u64,
-    /// Background-reclaim passes.
+    /// Background-reclaim passes (shrinkers and caches above the watermark).
     pub background_passes: u64,
+    /// Times memory that had waited [`PURGE_DELAY_NS`](crate::PURGE_DELAY_NS) unused was given
+    /// back (by the background thread, as a program goes idle).
+    pub aged_purges: u64,
+    /// Bytes those purges gave back (usage before less usage after: what other threads charged
+    /// meanwhile counts against it).
+    pub aged_purged_bytes: u64,
     /// Times a NOFAIL allocation slept waiting for memory.
     pub nofail_waits: u64,
     /// Stall reports of NOFAIL allocations (one per 10 s stalled).
@@ -197,7 +208,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 33] = [
+        let rows: [(&str, &dyn fmt::Display); 35] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -212,7 +223,9 @@ impl fmt::Display for Stats {
             ("purged", &Bytes(self.purged_bytes)),
             ("reserve uses", &self.reserve_uses),
             ("reclaim rounds", &self.reclaim_rounds),
-            ("background passes", &self.background_passes),
+            ("background reclaims", &self.background_passes),
+            ("idle purges", &self.aged_purges),
+            ("given back when idle", &Bytes(self.aged_purged_bytes)),
             ("pressure events", &self.pressure_events),
             ("pressure passes", &self.pressure_passes),
             ("given on pressure", &Bytes(self.pressure_given_bytes)),
@@ -312,6 +325,8 @@ impl<P: Platform> Core<P> {
             reserve_uses: self.acct.reserve_uses.load(Ordering::Relaxed) as u64,
             reclaim_rounds: r.direct_rounds.load(Ordering::Relaxed) as u64,
             background_passes: r.background_passes.load(Ordering::Relaxed) as u64,
+            aged_purges: c.aged_purges.load(Ordering::Relaxed) as u64,
+            aged_purged_bytes: c.aged_purged.load(Ordering::Relaxed) as u64,
             nofail_waits: r.nofail_waits.load(Ordering::Relaxed) as u64,
             nofail_stalls: r.nofail_stalls.load(Ordering::Relaxed) as u64,
             mempool_reserve_uses: c.mempool_reserve_uses.load(Ordering::Relaxed) as u64,

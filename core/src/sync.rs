@@ -2,17 +2,20 @@
 //! the lock-free structures can be model-checked.
 //!
 //! Only the modules that loom models (`slab::remote`) are compiled under `cfg(loom)`: everything
-//! else needs `const` constructors, which loom's types do not have.
+//! else needs `const` constructors, which loom's types do not have. Loom is a dev-dependency (a
+//! dependent's lockfile never lists it), so the switch is `cfg(all(loom, test))`: the library
+//! that `cargo test` builds beside the test harness (for the doctests' self-dependency) stays
+//! the ordinary one.
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 use core::cell::UnsafeCell;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 use core::ops::{Deref, DerefMut};
 
 /// An array of `N` atomic words or bytes kept in *one* `UnsafeCell`: every access goes through
@@ -20,19 +23,19 @@ use core::ops::{Deref, DerefMut};
 /// reads or writes the array. Equivalent to `[AtomicU8; N]`, except under miri, whose Stacked
 /// Borrows retag of every `&Core` walks each `UnsafeCell` of the structure: the segment map's
 /// 34 816 atomics made each method call on the core cost as much.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 #[repr(transparent)]
 pub(crate) struct Atomics<T, const N: usize>(UnsafeCell<[T; N]>);
 
 // SAFETY: the elements are only ever accessed through atomics (see the type's documentation),
 // which may be shared between threads.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 unsafe impl<T, const N: usize> Sync for Atomics<T, N> {}
 // SAFETY: as an array of atomics, it may move to another thread with what it holds.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 unsafe impl<T, const N: usize> Send for Atomics<T, N> {}
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<const N: usize> Atomics<u8, N> {
     /// All zero.
     pub(crate) const fn zeroed() -> Self {
@@ -49,7 +52,7 @@ impl<const N: usize> Atomics<u8, N> {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<P, const N: usize> Atomics<*mut P, N> {
     /// All null.
     pub(crate) const fn null() -> Self {
@@ -67,11 +70,11 @@ impl<P, const N: usize> Atomics<*mut P, N> {
 }
 
 /// An `UnsafeCell` with loom's closure API, so that loom can check every access for data races.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 #[repr(transparent)]
 pub(crate) struct RawCell<T>(UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<T> RawCell<T> {
     /// A cell holding `v`.
     #[allow(dead_code)]
@@ -92,18 +95,18 @@ impl<T> RawCell<T> {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 pub(crate) use loom::cell::UnsafeCell as RawCell;
 
 /// Under loom, the spin lock is loom's mutex (same API as the `SpinLock` below), so that the
 /// structures built on it (the mempool reserve) can be model-checked.
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 pub(crate) struct SpinLock<T>(loom::sync::Mutex<T>);
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 pub(crate) type SpinGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 impl<T> SpinLock<T> {
     pub(crate) fn new(value: T) -> Self {
         SpinLock(loom::sync::Mutex::new(value))
@@ -127,7 +130,7 @@ impl<T> SpinLock<T> {
 /// and never allocate through the global allocator.
 ///
 /// Waiters spin for a while, then call the `relax` hook they were given (the platform's yield).
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub struct SpinLock<T> {
     /// `true` while held. Acquire on lock, Release on unlock.
     locked: AtomicBool,
@@ -137,13 +140,13 @@ pub struct SpinLock<T> {
 
 // SAFETY: the lock serialises all access to `value`; `T: Send` lets the value move between the
 // threads that hold the lock in turn.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 unsafe impl<T: Send> Sync for SpinLock<T> {}
 // SAFETY: owning the lock owns the value.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 unsafe impl<T: Send> Send for SpinLock<T> {}
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<T> SpinLock<T> {
     /// An unlocked lock holding `value`.
     pub const fn new(value: T) -> Self {
@@ -207,12 +210,12 @@ impl<T> SpinLock<T> {
 }
 
 /// Holds a [`SpinLock`]; dropping it releases the lock.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<T> Deref for SpinGuard<'_, T> {
     type Target = T;
     #[inline]
@@ -222,7 +225,7 @@ impl<T> Deref for SpinGuard<'_, T> {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<T> DerefMut for SpinGuard<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
@@ -232,7 +235,7 @@ impl<T> DerefMut for SpinGuard<'_, T> {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, test)))]
 impl<T> Drop for SpinGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let size = 8 + usize::from(input.byte()) * 32 % 20_000;
     let layout = Layout::from_size_align(size, 8 << (input.byte() % 4)).unwrap();
     let min = usize::from(input.byte() % 16);
-    core.set_limit(Some(4 << 20 | usize::from(input.byte()) << 15));
+    core.set_limit(4 << 20 | usize::from(input.byte()) << 15).expect("a workable limit");
     let Ok(pool) = Mempool::new(&core, layout, min) else {
         return; // the preallocation did not fit: refused whole
     };
@@ -149,7 +149,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     drop(pool);
-    core.set_limit(None);
+    core.remove_limit();
     core.thread_exit();
     core.trim();
     let s = core.stats();

@@ -68,7 +68,16 @@ fuzz_target!(|data: &[u8]| {
                         0 => None,
                         n => Some(core.usage() / 2 + usize::from(n) * usize::from(input.u16()) * 64),
                     };
-                    core.set_limit(limit);
+                    match limit {
+                        // One below the smallest workable limit is refused, changing nothing.
+                        Some(l) => {
+                            let before = core.limit();
+                            if core.set_limit(l).is_err() {
+                                assert_eq!(core.limit(), before);
+                            }
+                        }
+                        None => core.remove_limit(),
+                    }
                 }
                 14 => {
                     // NOFAIL for a request that surely fits — a fresh segment under the limit
@@ -119,7 +128,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(core.current(), Gfp::KERNEL);
     assert_eq!(core.stats().scope_mispairs, 0);
     core.platform().fail_next_maps(0);
-    core.set_limit(None);
+    core.remove_limit();
     core.thread_exit();
     core.trim();
     let s = core.stats();

@@ -174,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|c| unsafe { core.register_shrinker(NonNull::from(&**c as &dyn Shrinker)) }.expect("registry"))
         .collect();
     let limit = 4 << 20 | usize::from(input.byte()) << 16;
-    core.set_limit(Some(limit));
+    core.set_limit(limit).expect("a workable limit");
     for c in &caches {
         c.fill(usize::from(input.byte()));
     }
@@ -227,9 +227,11 @@ fuzz_target!(|data: &[u8]| {
                     c.last_count.set(usize::MAX);
                 }
                 let saved = core.limit();
-                core.set_limit(None);
+                core.remove_limit();
                 core.background_reclaim();
-                core.set_limit(saved);
+                if let Some(l) = saved {
+                    core.set_limit(l).expect("the limit it had");
+                }
                 let after = deferred(&core);
                 for (i, c) in caches.iter().enumerate() {
                     let f = c.last_count.get();

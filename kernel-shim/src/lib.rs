@@ -38,9 +38,16 @@
 //! frees, so that lock is off the fast path. Scopes, reclaim (shrinkers, with the region's size
 //! as the limit), mempools and large allocations (contiguous spans: there is no mapping hook)
 //! work as in the std shim.
+//!
+//! ## Features and configuration
+//!
+//! None: everything is what the embedder passes — the region to [`KernelAlloc::init`], the
+//! context word through [`Platform::context`]. Sizes from boot arguments parse with
+//! `ctxalloc_core::parse::parse_size`, as the std shim reads `CTXALLOC_LIMIT`.
 
 #![no_std]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod platform;
 mod region;
@@ -72,8 +79,8 @@ impl<P: Platform> KernelAlloc<P> {
     }
 
     /// Gives the allocator its region and makes the region's size the memory limit (so reclaim
-    /// runs before the region is exhausted, with the usual emergency reserve). A second call is
-    /// ignored.
+    /// runs before the region is exhausted, with the usual emergency reserve; a region below
+    /// [`Core::MIN_LIMIT`] is reported and has no limit but its size). A second call is ignored.
     ///
     /// Small objects live in [`SEGMENT_SIZE`]-aligned segments: align the region's start (and
     /// size) to it, and all of it can hold small objects; otherwise the unaligned ends serve only
@@ -84,7 +91,13 @@ impl<P: Platform> KernelAlloc<P> {
     pub unsafe fn init(&self, start: *mut u8, len: usize) {
         // SAFETY: the caller's contract.
         if unsafe { self.core.platform().init(start, len) } {
-            self.core.set_limit(Some(self.core.platform().size()));
+            // A region too small for a limit's reserve is bounded by its own size alone.
+            if let Err(e) = self.core.set_limit(self.core.platform().size()) {
+                ctxalloc_core::report::report(
+                    self.core.platform(),
+                    format_args!("ctxalloc-kernel: the region's size is no limit: {e}"),
+                );
+            }
         }
     }
 
@@ -262,3 +275,8 @@ unsafe impl<P: Platform> GlobalAlloc for KernelAlloc<P> {
         self.on_cpu(|c| unsafe { c.realloc(ptr, layout, new_size) })
     }
 }
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,9 +1,10 @@
 /*
  * ctxalloc.h — scoped allocation contexts for C and C++ programs on ctxalloc.
  *
- * Link with -lctxalloc_preload, or run under LD_PRELOAD=/abs/path/libctxalloc_preload.so (then
- * declare these functions weak, or look them up with dlsym, if the program must also run
- * without it). malloc, free, calloc, realloc, posix_memalign, aligned_alloc, memalign, valloc,
+ * Installed (preload/install.sh), link with `pkg-config --cflags --libs ctxalloc` (-lctxalloc);
+ * or run under LD_PRELOAD=/abs/path/libctxalloc.so.0 (or the build tree's
+ * libctxalloc_preload.so) — then declare these functions weak, or look them up with dlsym, if
+ * the program must also run without it. The manual: ctxalloc.3.md. malloc, free, calloc, realloc, posix_memalign, aligned_alloc, memalign, valloc,
  * pvalloc and malloc_usable_size are the library's own; every allocation made inside a scope on
  * a thread — by the program, libc or any library — obeys that scope.
  *
@@ -22,9 +23,37 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version this header belongs to; ctxalloc_version() is the library's. */
+#define CTXALLOC_VERSION_MAJOR 0
+#define CTXALLOC_VERSION_MINOR 1
+#define CTXALLOC_VERSION_PATCH 0
+#define CTXALLOC_VERSION "0.1.0"
+/* One number to compare: CTXALLOC_VERSION_NUMBER >= CTXALLOC_MAKE_VERSION(0, 2, 0). */
+#define CTXALLOC_MAKE_VERSION(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
+#define CTXALLOC_VERSION_NUMBER \
+    CTXALLOC_MAKE_VERSION(CTXALLOC_VERSION_MAJOR, CTXALLOC_VERSION_MINOR, CTXALLOC_VERSION_PATCH)
+
+/* What the compiler may assume of what the allocating functions return (GCC and Clang). */
+#if defined(__GNUC__) || defined(__clang__)
+#define CTXALLOC_MALLOC __attribute__((malloc, warn_unused_result))
+#define CTXALLOC_ALLOC_SIZE(n) __attribute__((alloc_size(n)))
+#define CTXALLOC_ALLOC_SIZE2(n, m) __attribute__((alloc_size(n, m)))
+#define CTXALLOC_ALLOC_ALIGN(n) __attribute__((alloc_align(n)))
+#define CTXALLOC_NODISCARD __attribute__((warn_unused_result))
+#else
+#define CTXALLOC_MALLOC
+#define CTXALLOC_ALLOC_SIZE(n)
+#define CTXALLOC_ALLOC_SIZE2(n, m)
+#define CTXALLOC_ALLOC_ALIGN(n)
+#define CTXALLOC_NODISCARD
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The library's version, "MAJOR.MINOR.PATCH". */
+const char *ctxalloc_version(void);
 
 /* Context flags: scope flags (set by the *_save functions) and per-call modifiers. */
 #define CTXALLOC_KERNEL     0u
@@ -57,15 +86,29 @@ void ctxalloc_flags_restore(ctxalloc_cookie_t cookie);
 /* The calling thread's context word. */
 unsigned ctxalloc_current(void);
 
-/* malloc with per-call flags, united with the thread's context; release with free(). */
-void *ctxalloc_malloc_gfp(size_t size, unsigned gfp);
+/* The allocating functions with per-call flags, united with the thread's context
+ * (CTXALLOC_NOWARN, CTXALLOC_NORETRY, CTXALLOC_MAYFAIL, CTXALLOC_ZERO…); release with free().
+ * On failure: NULL and errno ENOMEM (EINVAL for an alignment that is not a power of two);
+ * realloc_gfp leaves the old block untouched then. */
+CTXALLOC_MALLOC CTXALLOC_ALLOC_SIZE(1) void *ctxalloc_malloc_gfp(size_t size, unsigned gfp);
+CTXALLOC_MALLOC CTXALLOC_ALLOC_SIZE2(1, 2) void *ctxalloc_calloc_gfp(size_t n, size_t size, unsigned gfp);
+CTXALLOC_NODISCARD CTXALLOC_ALLOC_SIZE(2) void *ctxalloc_realloc_gfp(void *p, size_t size, unsigned gfp);
+CTXALLOC_MALLOC CTXALLOC_ALLOC_ALIGN(1) CTXALLOC_ALLOC_SIZE(2)
+void *ctxalloc_aligned_alloc_gfp(size_t align, size_t size, unsigned gfp);
 
-/* A memory limit in bytes (0: none); usage is what the library holds from the system. */
-void ctxalloc_set_limit(size_t bytes);
+/* A memory limit in bytes (0: none); usage is what the library holds from the system.
+ * Returns 0, or EINVAL (nothing changed) for a limit below ctxalloc_min_limit(): the emergency
+ * reserve's floor plus what a first allocation needs. */
+int ctxalloc_set_limit(size_t bytes);
+size_t ctxalloc_min_limit(void);
 size_t ctxalloc_limit(void);
 size_t ctxalloc_usage(void);
 /* Asks the shrinkers to free `bytes` now; returns the bytes freed. */
 size_t ctxalloc_reclaim(size_t bytes);
+
+/* A size as CTXALLOC_LIMIT reads it ("512M", "64MiB", "2G", "4096"): 0 and *bytes set, or
+ * EINVAL (not a size) or ERANGE (does not fit) and *bytes untouched. */
+int ctxalloc_parse_size(const char *text, size_t *bytes);
 
 /* The statistics table, cut to `len` and NUL-terminated; returns its full length. */
 size_t ctxalloc_stats(char *buf, size_t len);

@@ -53,21 +53,134 @@ pub extern "C" fn ctxalloc_current() -> u32 {
     ctxalloc::current().bits()
 }
 
+/// `ctxalloc_version()`: the library's version, `"MAJOR.MINOR.PATCH"` (the header's
+/// `CTXALLOC_VERSION` is the one a program was compiled against).
+#[no_mangle]
+pub extern "C" fn ctxalloc_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// `size` bytes at `align` (a power of two, at least `max_align_t`'s) with per-call flags; null
+/// and `errno` `ENOMEM` on failure, `EINVAL` for a bad alignment.
+fn alloc_gfp(size: usize, align: usize, gfp: Gfp) -> *mut c_void {
+    let Ok(layout) = std::alloc::Layout::from_size_align(size, align.max(ctxalloc::MIN_ALIGN)) else {
+        set_errno(if align.is_power_of_two() { libc::ENOMEM } else { libc::EINVAL });
+        return std::ptr::null_mut();
+    };
+    match ctxalloc::alloc_with(layout, gfp) {
+        Ok(p) => p.as_ptr().cast(),
+        Err(_) => {
+            set_errno(libc::ENOMEM);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: the calling thread's errno location.
+    unsafe { *libc::__errno_location() = e };
+}
+
 /// `ctxalloc_malloc_gfp(size, gfp)`: `malloc` with per-call flags united with the context
 /// (`CTXALLOC_ZERO`, `CTXALLOC_NOWARN`, `CTXALLOC_MAYFAIL`…); free it with `free`.
 #[no_mangle]
 pub extern "C" fn ctxalloc_malloc_gfp(size: usize, gfp: u32) -> *mut c_void {
-    let Ok(layout) = std::alloc::Layout::from_size_align(size, 16) else {
-        return std::ptr::null_mut();
-    };
-    ctxalloc::alloc_with(layout, Gfp::from_bits_truncate(gfp))
-        .map_or(std::ptr::null_mut(), |p| p.as_ptr().cast())
+    alloc_gfp(size, 0, Gfp::from_bits_truncate(gfp))
 }
 
-/// `ctxalloc_set_limit(bytes)`: a memory limit; 0 removes it.
+/// `ctxalloc_calloc_gfp(n, size, gfp)`: `calloc` with per-call flags; null and `ENOMEM` if
+/// `n * size` overflows.
 #[no_mangle]
-pub extern "C" fn ctxalloc_set_limit(bytes: usize) {
-    ctxalloc::set_limit((bytes != 0).then_some(bytes));
+pub extern "C" fn ctxalloc_calloc_gfp(n: usize, size: usize, gfp: u32) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(total) => alloc_gfp(total, 0, Gfp::from_bits_truncate(gfp) | Gfp::ZERO),
+        None => {
+            set_errno(libc::ENOMEM);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `ctxalloc_aligned_alloc_gfp(align, size, gfp)`: `aligned_alloc` (any power of two) with
+/// per-call flags; free it with `free`.
+#[no_mangle]
+pub extern "C" fn ctxalloc_aligned_alloc_gfp(align: usize, size: usize, gfp: u32) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    alloc_gfp(size, align, Gfp::from_bits_truncate(gfp))
+}
+
+/// `ctxalloc_realloc_gfp(p, size, gfp)`: `realloc` with per-call flags (a null `p` allocates,
+/// size 0 frees and returns null); on failure null, `ENOMEM`, and `p` untouched.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[no_mangle]
+pub unsafe extern "C" fn ctxalloc_realloc_gfp(p: *mut c_void, size: usize, gfp: u32) -> *mut c_void {
+    if p.is_null() {
+        return ctxalloc_malloc_gfp(size, gfp);
+    }
+    if size == 0 {
+        // SAFETY: forwarded contract.
+        unsafe { ctxalloc::kfree(p.cast()) };
+        return std::ptr::null_mut();
+    }
+    if size > isize::MAX as usize - ctxalloc::MIN_ALIGN {
+        set_errno(libc::ENOMEM);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: a live block (or a foreign pointer, reported); the size is bounded above.
+    let q = unsafe { ctxalloc::krealloc(p.cast(), size, Gfp::from_bits_truncate(gfp)) };
+    if q.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    q.cast()
+}
+
+/// `ctxalloc_set_limit(bytes)`: a memory limit; 0 removes it. Returns 0, or `EINVAL` (and
+/// changes nothing) for a limit below `ctxalloc_min_limit()`.
+#[no_mangle]
+pub extern "C" fn ctxalloc_set_limit(bytes: usize) -> c_int {
+    if bytes == 0 {
+        ctxalloc::remove_limit();
+        return 0;
+    }
+    match ctxalloc::set_limit(bytes) {
+        Ok(()) => 0,
+        Err(_) => libc::EINVAL,
+    }
+}
+
+/// `ctxalloc_min_limit()`: the smallest limit `ctxalloc_set_limit` accepts.
+#[no_mangle]
+pub extern "C" fn ctxalloc_min_limit() -> usize {
+    ctxalloc::MIN_LIMIT
+}
+
+/// `ctxalloc_parse_size(text, &bytes)`: a size as `CTXALLOC_LIMIT` reads it (`512M`, `64MiB`,
+/// `2G`, `4096`); 0 and `*bytes` set, or `EINVAL` (not a size) or `ERANGE` (too large) and
+/// `*bytes` untouched.
+///
+/// # Safety
+/// `text` is a NUL-terminated string; `bytes` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ctxalloc_parse_size(text: *const c_char, bytes: *mut usize) -> c_int {
+    if text.is_null() || bytes.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: the caller's NUL-terminated string.
+    let t = unsafe { CStr::from_ptr(text) }.to_bytes();
+    match ctxalloc_core::parse::parse_size(t) {
+        Ok(n) => {
+            // SAFETY: the caller's out pointer.
+            unsafe { *bytes = n };
+            0
+        }
+        Err(ctxalloc_core::parse::SizeError::Overflow) => libc::ERANGE,
+        Err(_) => libc::EINVAL,
+    }
 }
 
 /// `ctxalloc_limit()`: the limit, 0 for none.
@@ -127,7 +240,7 @@ pub unsafe extern "C" fn ctxalloc_stats(buf: *mut c_char, len: usize) -> usize {
 /// `ctxalloc_print_stats(fd)`: the statistics table written to a file descriptor.
 #[no_mangle]
 pub extern "C" fn ctxalloc_print_stats(fd: c_int) {
-    crate::log::write_stats(fd);
+    ctxalloc::print_stats(fd);
 }
 
 /// `CTXALLOC_SHRINK_STOP`: what a C `scan` callback returns to end its part of the pass.

@@ -23,7 +23,7 @@
 //! statistics — the proof that interposition happened (CI checks it for git, python3, sqlite3
 //! and gcc).
 //!
-//! Modules: [`malloc`] (the C allocator), [`api`] (the `ctxalloc_*` functions), [`log`] (the
+//! Modules: `malloc` (the C allocator), `api` (the `ctxalloc_*` functions), `log` (the
 //! interposition log). No function here unwinds: a panic aborts (`extern "C"`).
 
 mod api;

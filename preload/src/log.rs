@@ -12,6 +12,7 @@
 //! Threads: `COUNTING` is written once by the library's constructor, before `main`; `CALLS` is
 //! incremented by every thread (Relaxed: a count, ordered with nothing) and read at exit.
 
+use ctxalloc_core::report::ReportBuf;
 use std::fmt::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -30,11 +31,58 @@ pub(crate) fn count() {
     }
 }
 
-/// The library's constructor: turns counting on if the log variable is set.
+/// The library's constructor: turns counting on if the log variable names a file this process
+/// can append to, and says in one line why not otherwise.
 extern "C" fn on_load() {
     // SAFETY: a NUL-terminated name; getenv does not allocate.
-    if !unsafe { libc::getenv(LOG_VAR.as_ptr()) }.is_null() {
-        COUNTING.store(true, Ordering::Relaxed);
+    let path = unsafe { libc::getenv(LOG_VAR.as_ptr()) };
+    if path.is_null() {
+        return;
+    }
+    match open_log(path) {
+        Ok(fd) => {
+            // SAFETY: the descriptor just opened.
+            unsafe { libc::close(fd) };
+            COUNTING.store(true, Ordering::Relaxed);
+        }
+        Err(errno) => cannot_open(path, errno),
+    }
+}
+
+/// Opens the log for appending (creating it); the errno on failure.
+fn open_log(path: *const libc::c_char) -> Result<i32, i32> {
+    // SAFETY: a NUL-terminated path from the environment; the flags create or append.
+    let fd =
+        unsafe { libc::open(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(fd)
+    }
+}
+
+/// `ctxalloc-preload: ignoring CTXALLOC_PRELOAD_LOG="/x/y": cannot append to it (errno 2)`.
+fn cannot_open(path: *const libc::c_char, errno: i32) {
+    // SAFETY: a NUL-terminated string from the environment.
+    let shown = unsafe { std::ffi::CStr::from_ptr(path) }.to_str().unwrap_or("(not UTF-8)");
+    let mut b = ReportBuf::new();
+    let _ = writeln!(
+        b,
+        "ctxalloc-preload: ignoring CTXALLOC_PRELOAD_LOG={shown:?}: cannot append to it (errno {errno})"
+    );
+    write_all(libc::STDERR_FILENO, b.as_str());
+}
+
+/// `write(2)` of all of `s` (short writes continued; errors end it).
+fn write_all(fd: i32, s: &str) {
+    let mut b = s.as_bytes();
+    while !b.is_empty() {
+        // SAFETY: writes from a live buffer.
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            break;
+        }
+        b = &b[n as usize..];
     }
 }
 
@@ -48,18 +96,16 @@ extern "C" fn on_exit() {
     if path.is_null() {
         return;
     }
-    // SAFETY: a NUL-terminated path from the environment; the flags create or append.
-    let fd =
-        unsafe { libc::open(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o644) };
-    if fd < 0 {
-        return;
-    }
+    let fd = match open_log(path) {
+        Ok(fd) => fd,
+        Err(errno) => return cannot_open(path, errno),
+    };
     let mut exe = [0u8; 256];
     // SAFETY: readlink writes at most `exe.len()` bytes into the buffer.
     let n = unsafe { libc::readlink(c"/proc/self/exe".as_ptr(), exe.as_mut_ptr().cast(), exe.len()) };
     let exe = std::str::from_utf8(&exe[..n.max(0) as usize]).unwrap_or("?");
     let s = ctxalloc::stats();
-    let mut w = FdWriter::new(fd);
+    let mut w = ReportBuf::new();
     let _ = writeln!(
         w,
         "ctxalloc-preload: pid {} exe {exe} calls {} usage {} peak {} os-maps {} bad-frees {}",
@@ -70,7 +116,7 @@ extern "C" fn on_exit() {
         s.os_maps,
         s.bad_frees
     );
-    w.flush();
+    write_all(fd, w.as_str());
     // SAFETY: the descriptor opened above.
     unsafe { libc::close(fd) };
 }
@@ -83,13 +129,6 @@ static ON_LOAD: extern "C" fn() = on_load;
 #[link_section = ".fini_array"]
 static ON_EXIT: extern "C" fn() = on_exit;
 
-/// Writes ctxalloc's statistics table to `fd` (`malloc_stats`).
-pub(crate) fn write_stats(fd: i32) {
-    let mut w = FdWriter::new(fd);
-    let _ = write!(w, "{}", ctxalloc::stats());
-    w.flush();
-}
-
 /// Bytes as MiB with one decimal.
 struct Mib(usize);
 
@@ -97,44 +136,5 @@ impl fmt::Display for Mib {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tenths = self.0 as u64 * 10 / (1 << 20);
         write!(f, "{}.{} MiB", tenths / 10, tenths % 10)
-    }
-}
-
-/// Formats into a stack buffer, written out with `write(2)` when full and on `flush`.
-struct FdWriter {
-    fd: i32,
-    buf: [u8; 1024],
-    len: usize,
-}
-
-impl FdWriter {
-    fn new(fd: i32) -> Self {
-        FdWriter { fd, buf: [0; 1024], len: 0 }
-    }
-
-    fn flush(&mut self) {
-        let mut b = &self.buf[..self.len];
-        while !b.is_empty() {
-            // SAFETY: writes from a live buffer.
-            let n = unsafe { libc::write(self.fd, b.as_ptr().cast(), b.len()) };
-            if n <= 0 {
-                break;
-            }
-            b = &b[n as usize..];
-        }
-        self.len = 0;
-    }
-}
-
-impl Write for FdWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for chunk in s.as_bytes().chunks(self.buf.len()) {
-            if self.len + chunk.len() > self.buf.len() {
-                self.flush();
-            }
-            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
-            self.len += chunk.len();
-        }
-        Ok(())
     }
 }

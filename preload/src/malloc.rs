@@ -238,5 +238,5 @@ pub extern "C" fn malloc_trim(_pad: usize) -> i32 {
 /// `malloc_stats(3)`: ctxalloc's statistics table on stderr.
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
-    crate::log::write_stats(2);
+    ctxalloc::print_stats(2);
 }

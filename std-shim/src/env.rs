@@ -1,51 +1,26 @@
-//! Parsing environment values (`CTXALLOC_LIMIT`, `CTXALLOC_BACKGROUND_IDLE`) without allocating.
+//! Parsing environment values without allocating: switches (`CTXALLOC_BACKGROUND`,
+//! `CTXALLOC_SHOW_STATS`) and durations (`CTXALLOC_BACKGROUND_IDLE`). Sizes are the core's
+//! ([`ctxalloc_core::parse`]), shared with the examples and the C library.
 
-/// A whole number of bytes with an optional `K`/`M`/`G`/`T` suffix (`512M`, `2G`; binary
-/// multiples, either case, optionally followed by `B` or `iB`), surrounding blanks allowed.
-/// `none`, `off`, `unlimited` or an empty value mean no limit. `Err` for anything else, for
-/// zero, and on overflow.
-pub(crate) fn parse_limit(v: &[u8]) -> Result<Option<usize>, ()> {
+/// What an on/off variable accepts, for warnings.
+pub(crate) const SWITCH_SYNTAX: &str = "on or off (also 1/0, yes/no, true/false, any case)";
+
+/// An on/off value, any case, surrounding blanks allowed; `None` for anything else (the caller
+/// warns: never a silent default).
+pub(crate) fn parse_switch(v: &[u8]) -> Option<bool> {
     let v = v.trim_ascii();
-    if v.is_empty()
-        || v.eq_ignore_ascii_case(b"none")
-        || v.eq_ignore_ascii_case(b"off")
-        || v.eq_ignore_ascii_case(b"unlimited")
-    {
-        return Ok(None);
+    let is = |words: [&[u8]; 4]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
+    if is([b"on", b"1", b"yes", b"true"]) {
+        Some(true)
+    } else if is([b"off", b"0", b"no", b"false"]) {
+        Some(false)
+    } else {
+        None
     }
-    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return Err(());
-    }
-    let mut n: usize = 0;
-    for &d in &v[..digits] {
-        n = n.checked_mul(10).and_then(|n| n.checked_add(usize::from(d - b'0'))).ok_or(())?;
-    }
-    let rest = v[digits..].trim_ascii_start();
-    let (shift, unit) = match rest.first().map(u8::to_ascii_uppercase) {
-        None => (0, &rest[..0]),
-        Some(b'B') => (0, &rest[..1]),
-        Some(b'K') => (10, &rest[..1]),
-        Some(b'M') => (20, &rest[..1]),
-        Some(b'G') => (30, &rest[..1]),
-        Some(b'T') => (40, &rest[..1]),
-        Some(_) => return Err(()),
-    };
-    let tail = &rest[unit.len()..];
-    let tail_ok = tail.is_empty()
-        || (shift != 0 && (tail.eq_ignore_ascii_case(b"b") || tail.eq_ignore_ascii_case(b"ib")));
-    if !tail_ok {
-        return Err(());
-    }
-    let n = n.checked_mul(1usize.checked_shl(shift).ok_or(())?).ok_or(())?;
-    if n == 0 {
-        return Err(());
-    }
-    Ok(Some(n))
 }
 
-/// A duration: a whole number with a unit — `ns`, `us`, `ms` or `s` — surrounding blanks
-/// allowed; `0` needs none. In nanoseconds; `Err` for anything else and on overflow.
+/// A duration: a whole number with a unit — `ns`, `us`, `ms` or `s`, any case — surrounding
+/// blanks allowed; `0` needs none. In nanoseconds; `Err` for anything else and on overflow.
 pub(crate) fn parse_duration_ns(v: &[u8]) -> Result<u64, ()> {
     let v = v.trim_ascii();
     let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -57,20 +32,20 @@ pub(crate) fn parse_duration_ns(v: &[u8]) -> Result<u64, ()> {
         n = n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))).ok_or(())?;
     }
     let unit = v[digits..].trim_ascii_start();
-    let scale = match unit {
-        b"" if n == 0 => 1,
-        b"ns" => 1,
-        b"us" => 1_000,
-        b"ms" => 1_000_000,
-        b"s" => 1_000_000_000,
-        _ => return Err(()),
+    // (No `to_ascii_lowercase`: it would allocate.)
+    let scale = if unit.is_empty() && n == 0 {
+        1
+    } else {
+        let units: [(&[u8], u64); 4] =
+            [(b"ns", 1), (b"us", 1_000), (b"ms", 1_000_000), (b"s", 1_000_000_000)];
+        units.iter().find(|(u, _)| unit.eq_ignore_ascii_case(u)).ok_or(())?.1
     };
     n.checked_mul(scale).ok_or(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration_ns, parse_limit};
+    use super::{parse_duration_ns, parse_switch};
 
     #[test]
     fn durations_parse_with_their_unit() {
@@ -79,37 +54,22 @@ mod tests {
         assert_eq!(parse_duration_ns(b" 2 s "), Ok(2_000_000_000));
         assert_eq!(parse_duration_ns(b"150us"), Ok(150_000));
         assert_eq!(parse_duration_ns(b"7ns"), Ok(7));
+        assert_eq!(parse_duration_ns(b"5MS"), Ok(5_000_000));
         for bad in [&b"5"[..], b"ms", b"1.5s", b"-1ms", b"3 min", b"99999999999999999999s", b""] {
             assert_eq!(parse_duration_ns(bad), Err(()), "{}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_limit(b"512M"), Ok(Some(512 << 20)));
-        assert_eq!(parse_limit(b"2G"), Ok(Some(2 << 30)));
-        assert_eq!(parse_limit(b" 64 MiB "), Ok(Some(64 << 20)));
-        assert_eq!(parse_limit(b"100kb"), Ok(Some(100 << 10)));
-        assert_eq!(parse_limit(b"123456"), Ok(Some(123_456)));
-        assert_eq!(parse_limit(b"4096B"), Ok(Some(4096)));
-        assert_eq!(parse_limit(b"none"), Ok(None));
-        assert_eq!(parse_limit(b""), Ok(None));
-    }
-
-    #[test]
-    fn garbage_is_rejected() {
-        for bad in [
-            &b"abc"[..],
-            b"12X",
-            b"1.5G",
-            b"-3M",
-            b"0",
-            b"99999999999999999999999",
-            b"16EiB",
-            b"3 M M",
-            b"MB",
-        ] {
-            assert_eq!(parse_limit(bad), Err(()), "{}", String::from_utf8_lossy(bad));
+    fn switches_parse_in_any_case() {
+        for on in [&b"on"[..], b"ON", b" 1 ", b"Yes", b"true"] {
+            assert_eq!(parse_switch(on), Some(true));
+        }
+        for off in [&b"off"[..], b"OFF", b"0", b"no", b"False"] {
+            assert_eq!(parse_switch(off), Some(false));
+        }
+        for bad in [&b"disable"[..], b"", b"2", b"of"] {
+            assert_eq!(parse_switch(bad), None);
         }
     }
 }

@@ -30,24 +30,37 @@
 //!
 //! ## Features
 //!
-//! `async` (default): [`AsyncScopedMutex`]. `tokio`: [`spawn_scoped`]. The debugging aids —
-//! `forbid-alloc`, `fault-injection`, `tags`, `lockcheck`, or all four as `debug` — and
-//! `hardened`: see the `debug` items and the README.
+//! On docs.rs every item is shown, each labelled with the feature it needs.
+//!
+//! | feature | what |
+//! |---|---|
+//! | `async` (default) | `AsyncScopedMutex` (on `async-lock`; any runtime) |
+//! | `tokio` | `spawn_scoped`: `tokio::spawn` of a scoped future |
+//! | `forbid-alloc` | `forbid_alloc()`: every allocation inside is reported (`set_forbid_strict`: aborts) |
+//! | `fault-injection` | `fault::inject`: this thread's allocations fail, reproducibly |
+//! | `tags` | `tags::tag`, `tags::allocinfo`: live bytes and calls per tag |
+//! | `lockcheck` | the reclaim-order checker over `ScopedMutex`/`TrackedMutex` and `ShrinkerHandle::takes` |
+//! | `debug` | the four above (each costs one byte test per allocation when built in, nothing when not) |
+//! | `hardened` | encoded, validated free lists; double and foreign frees caught on the fast path, bad frees abort |
+//! | `tls-initial-exec` | for a shared library loaded at startup (the C library): initial-exec TLS |
 //!
 //! ## Environment
 //!
-//! Read once, at the first allocation; a value that does not parse is reported in one line and
-//! not used.
+//! Read once, at the first allocation; a value that does not parse, or a limit that cannot work,
+//! is reported in one line (`ctxalloc: ignoring CTXALLOC_LIMIT="100kb": …`) and not used. Words
+//! are read in any case; sizes as [`parse::parse_size`] reads them.
 //!
 //! | variable | values |
 //! |---|---|
-//! | `CTXALLOC_LIMIT` | a size (`512M`, `2G`), `auto` or `80%` (from the cgroup: [`cgroup`]), `none` |
+//! | `CTXALLOC_LIMIT` | a size (`512M`, `64MiB`, `2G`), `auto` or `80%` (from the cgroup: [`cgroup`]), `none` or `0` |
 //! | `CTXALLOC_PRESSURE` | `auto` (default), `on`, `off`, a PSI trigger `some:150ms/2s` ([`pressure`]) |
 //! | `CTXALLOC_CGROUP_ROOT` | read the cgroup and proc files under this directory instead of `/` |
-//! | `CTXALLOC_BACKGROUND` | `off`: no background thread (reclaim only on allocating threads) |
-//! | `CTXALLOC_BACKGROUND_IDLE` | how long the background reclaimer waits for work before it exits (`1s`) |
+//! | `CTXALLOC_BACKGROUND` | `on` (default) or `off` (`1`/`0`, `yes`/`no`, `true`/`false`): `off` starts no background thread (reclaim only on allocating threads) |
+//! | `CTXALLOC_BACKGROUND_IDLE` | how long the background reclaimer waits for work before it exits (`1s`, `500ms`) |
+//! | `CTXALLOC_SHOW_STATS` | `on`: the statistics table ([`print_stats`]) on stderr at exit |
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "async")]
 mod async_lock;
@@ -68,6 +81,9 @@ pub use allocator_api2;
 #[cfg(feature = "async")]
 pub use async_lock::{AsyncScopedMutex, AsyncScopedMutexGuard};
 pub use container::{cgroup, pressure};
+/// Sizes as `CTXALLOC_LIMIT` reads them — the one parser shared with the examples and the C
+/// library's `ctxalloc_parse_size`.
+pub use ctxalloc_core::parse;
 /// The largest size (at alignment [`MIN_ALIGN`]) whose allocation takes the inline fast path —
 /// for wrappers such as C's `malloc` that test the size once and pass the rest on unchecked.
 ///
@@ -76,8 +92,8 @@ pub use container::{cgroup, pressure};
 /// ```
 pub use ctxalloc_core::size_class::{MIN_ALIGN, SMALL_MAX};
 pub use ctxalloc_core::{
-    emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, LimitOrigin, ReclaimClass, ScanResult,
-    ShrinkControl, Shrinker, ShrinkerRow, ShrinkerStats, Stats,
+    emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, LimitError, LimitOrigin, ReclaimClass,
+    ScanResult, ShrinkControl, Shrinker, ShrinkerRow, ShrinkerStats, Stats, RESERVE_FLOOR,
 };
 #[cfg(feature = "fault-injection")]
 pub use debug::fault;
@@ -86,7 +102,10 @@ pub use debug::tags;
 pub use debug::{forbid_alloc, set_forbid_strict};
 pub use flagged::Flagged;
 pub use mempool::{Mempool, PoolBox, TypedMempool};
-pub use reclaim::{limit, reclaim, register_shrinker, set_limit, try_register_shrinker, ShrinkerHandle};
+pub use reclaim::{
+    limit, reclaim, register_shrinker, remove_limit, set_limit, try_register_shrinker, ShrinkerHandle,
+    MIN_LIMIT,
+};
 pub use scope::{
     current, memalloc_flags_restore, memalloc_flags_save, memalloc_nofail_restore, memalloc_nofail_save,
     memalloc_nofs_restore, memalloc_nofs_save, memalloc_noio_restore, memalloc_noio_save,
@@ -252,6 +271,19 @@ pub fn stats() -> Stats {
     CORE.stats()
 }
 
+/// Writes the statistics table to a file descriptor with `write(2)` from a stack buffer,
+/// without allocating — from an `atexit` handler, a signal handler's deferred work, or C's
+/// `malloc_stats`. What `CTXALLOC_SHOW_STATS=1` does at exit, to stderr.
+///
+/// ```
+/// ctxalloc::print_stats(2);
+/// ```
+pub fn print_stats(fd: std::os::fd::RawFd) {
+    let mut w = platform::FdWriter::new(fd);
+    let _ = std::fmt::Write::write_fmt(&mut w, format_args!("{}", CORE.stats()));
+    w.flush();
+}
+
 /// Gives memory kept for speed back to the operating system: this thread's empty pages, the
 /// spare segment, the cached large areas, and the physical pages of free slices
 /// (`malloc_trim`). The background thread does the same for memory that has waited 200 ms.
@@ -372,7 +404,8 @@ mod tests {
     }
 }
 
-/// The README's examples, compiled and run as doctests.
+/// The crate README's example, compiled and run as a doctest (the workspace README and the
+/// guide are the `ctxalloc-tests` crate's doctests).
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

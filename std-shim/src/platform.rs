@@ -123,13 +123,61 @@ static IDLE_EXIT_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
 /// Writes a one-line warning about an environment value that is not used, without allocating:
 /// `ctxalloc: ignoring NAME="value": expected …`.
 fn warn_env(name: &str, value: &[u8], expected: &str) {
-    let mut b = ctxalloc_core::report::ReportBuf::new();
+    warn_env_why(name, value, format_args!("expected {expected}"));
+}
+
+/// [`warn_env`] with the reason in full: `ctxalloc: ignoring NAME="value": why`.
+fn warn_env_why(name: &str, value: &[u8], why: std::fmt::Arguments<'_>) {
     let shown = std::str::from_utf8(&value[..value.len().min(64)]).unwrap_or("(not UTF-8)");
-    let _ = std::fmt::Write::write_fmt(
-        &mut b,
-        format_args!("ctxalloc: ignoring {name}={shown:?}: expected {expected}\n"),
-    );
-    StdPlatform.report(b.as_str());
+    report(format_args!("ctxalloc: ignoring {name}={shown:?}: {why}\n"));
+}
+
+/// `CTXALLOC_SHOW_STATS=1`: the statistics table goes to stderr at exit.
+static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+
+/// The `atexit` handler of `CTXALLOC_SHOW_STATS`.
+extern "C" fn show_stats_at_exit() {
+    crate::print_stats(libc::STDERR_FILENO);
+}
+
+/// Formats into a stack buffer, written out with `write(2)` when full and on `flush`: text for a
+/// file descriptor without allocating (it may run inside `exit`, after stdio is gone).
+pub(crate) struct FdWriter {
+    fd: i32,
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl FdWriter {
+    pub(crate) fn new(fd: i32) -> Self {
+        FdWriter { fd, buf: [0; 1024], len: 0 }
+    }
+
+    pub(crate) fn flush(&mut self) {
+        let mut b = &self.buf[..self.len];
+        while !b.is_empty() {
+            // SAFETY: writes from a live buffer.
+            let n = unsafe { libc::write(self.fd, b.as_ptr().cast(), b.len()) };
+            if n <= 0 {
+                break;
+            }
+            b = &b[n as usize..];
+        }
+        self.len = 0;
+    }
+}
+
+impl std::fmt::Write for FdWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for chunk in s.as_bytes().chunks(self.buf.len()) {
+            if self.len + chunk.len() > self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len();
+        }
+        Ok(())
+    }
 }
 
 /// The value of the environment variable `name`, without allocating.
@@ -142,9 +190,10 @@ fn getenv(name: &std::ffi::CStr) -> Option<&'static [u8]> {
     (!v.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes())
 }
 
-/// Reads the environment without allocating: `CTXALLOC_BACKGROUND=off`,
-/// `CTXALLOC_BACKGROUND_IDLE`, `CTXALLOC_PRESSURE` and `CTXALLOC_LIMIT` (a value that does not
-/// parse is reported and ignored; `auto` and `N%` read the cgroup).
+/// Reads the environment without allocating: `CTXALLOC_BACKGROUND`, `CTXALLOC_SHOW_STATS`,
+/// `CTXALLOC_BACKGROUND_IDLE`, `CTXALLOC_PRESSURE`, `CTXALLOC_CGROUP_ROOT` and `CTXALLOC_LIMIT`
+/// (a value that does not parse, or a limit that cannot work, is reported in one line and not
+/// used; `auto` and `N%` read the cgroup).
 fn read_environment() {
     if let Some(v) = getenv(c"CTXALLOC_BACKGROUND_IDLE") {
         match crate::env::parse_duration_ns(v) {
@@ -157,8 +206,15 @@ fn read_environment() {
         }
     }
     if let Some(v) = getenv(c"CTXALLOC_BACKGROUND") {
-        if matches!(v, b"off" | b"0" | b"no" | b"false") {
-            BACKGROUND_OFF.store(true, Ordering::Release);
+        match crate::env::parse_switch(v) {
+            Some(on) => BACKGROUND_OFF.store(!on, Ordering::Release),
+            None => warn_env("CTXALLOC_BACKGROUND", v, crate::env::SWITCH_SYNTAX),
+        }
+    }
+    if let Some(v) = getenv(c"CTXALLOC_SHOW_STATS") {
+        match crate::env::parse_switch(v) {
+            Some(on) => SHOW_STATS.store(on, Ordering::Relaxed),
+            None => warn_env("CTXALLOC_SHOW_STATS", v, crate::env::SWITCH_SYNTAX),
         }
     }
     if let Some(v) = getenv(c"CTXALLOC_PRESSURE") {
@@ -185,12 +241,20 @@ fn read_environment() {
             }
             return;
         }
-        match crate::env::parse_limit(v) {
-            Ok(limit) => CORE.set_limit(limit),
-            Err(()) => warn_env(
+        match ctxalloc_core::parse::parse_limit(v) {
+            Ok(None) => CORE.remove_limit(),
+            Ok(Some(limit)) => {
+                if let Err(e) = CORE.set_limit(limit) {
+                    warn_env_why("CTXALLOC_LIMIT", v, format_args!("{e}"));
+                }
+            }
+            Err(e) => warn_env_why(
                 "CTXALLOC_LIMIT",
                 v,
-                "a size in bytes with an optional K, M, G or T suffix (512M, 2G), \"auto\", a percentage (80%) or \"none\"",
+                format_args!(
+                    "{e}; expected {}, \"auto\", a percentage (80%) or \"none\"",
+                    ctxalloc_core::parse::SIZE_SYNTAX
+                ),
             ),
         }
     }
@@ -272,6 +336,10 @@ unsafe impl Platform for StdPlatform {
             read_environment();
             // SAFETY: plain C functions that never unwind.
             unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+            if SHOW_STATS.load(Ordering::Relaxed) {
+                // SAFETY: a plain C function that never unwinds; it only formats and writes.
+                unsafe { libc::atexit(show_stats_at_exit) };
+            }
         }
         // First access registers the destructor; during thread teardown it fails harmlessly.
         let _ = EXIT_HOOK.try_with(|_| ());

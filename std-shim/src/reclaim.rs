@@ -7,30 +7,53 @@
 
 use crate::tracked::Tracked;
 use crate::CORE;
-use ctxalloc_core::{Shrinker, ShrinkerId};
+use ctxalloc_core::{LimitError, Shrinker, ShrinkerId};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// Sets (or, with `None`, removes) the memory limit, in bytes.
+/// Sets the memory limit, in bytes.
 ///
 /// Usage (what [`usage`](crate::usage) reports) never exceeds it. Below the limit lies an
-/// emergency reserve (1/32 of the limit, 256 KiB – 64 MiB): plain allocations stop at
-/// `limit − reserve`, NOFAIL ones may use half the reserve, the reclaim context (shrinkers) all
-/// of it. Setting a limit starts the background reclaimer (unless the environment says
-/// `CTXALLOC_BACKGROUND=off`).
+/// emergency reserve (1/32 of the limit, 256 KiB – 64 MiB, at most half of it): plain
+/// allocations stop at `limit − reserve`, NOFAIL ones may use half the reserve, the reclaim
+/// context (shrinkers) all of it. Setting a limit starts the background reclaimer (unless the
+/// environment says `CTXALLOC_BACKGROUND=off`). A limit below [`MIN_LIMIT`] — the reserve's
+/// floor plus what a first allocation needs — is refused and changes nothing.
 ///
 /// ```
-/// ctxalloc::set_limit(Some(1 << 30));
+/// ctxalloc::set_limit(1 << 30).expect("a workable limit");
 /// assert_eq!(ctxalloc::limit(), Some(1 << 30));
-/// ctxalloc::set_limit(None);
+/// let e = ctxalloc::set_limit(100 << 10).unwrap_err();
+/// assert_eq!(e.min, ctxalloc::MIN_LIMIT);
+/// assert_eq!(ctxalloc::limit(), Some(1 << 30));
+/// ctxalloc::remove_limit();
 /// ```
-pub fn set_limit(limit: Option<usize>) {
-    crate::container::cgroup::forget();
-    if limit.is_some() {
-        crate::platform::start_background();
+pub fn set_limit(bytes: usize) -> Result<(), LimitError> {
+    if bytes < MIN_LIMIT {
+        return Err(LimitError { limit: bytes, min: MIN_LIMIT });
     }
-    CORE.set_limit(limit);
+    crate::container::cgroup::forget();
+    crate::platform::start_background();
+    CORE.set_limit(bytes)
 }
+
+/// Removes the memory limit (and stops following the cgroup's).
+///
+/// ```
+/// ctxalloc::remove_limit();
+/// assert_eq!(ctxalloc::limit(), None);
+/// ```
+pub fn remove_limit() {
+    crate::container::cgroup::forget();
+    CORE.remove_limit();
+}
+
+/// The smallest limit [`set_limit`] accepts (see [`Core::MIN_LIMIT`](ctxalloc_core::Core::MIN_LIMIT)).
+///
+/// ```
+/// assert!(ctxalloc::MIN_LIMIT > ctxalloc::RESERVE_FLOOR);
+/// ```
+pub const MIN_LIMIT: usize = ctxalloc_core::Core::<crate::platform::StdPlatform>::MIN_LIMIT;
 
 /// The memory limit, if any.
 pub fn limit() -> Option<usize> {

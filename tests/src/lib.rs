@@ -367,7 +367,7 @@ pub struct LimitGuard(pub usize);
 
 impl Drop for LimitGuard {
     fn drop(&mut self) {
-        ctxalloc::set_limit(None);
+        ctxalloc::remove_limit();
     }
 }
 
@@ -379,12 +379,12 @@ pub fn limit_to(extra: usize) -> LimitGuard {
     HOOK.call_once(|| {
         let report = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            ctxalloc::set_limit(None);
+            ctxalloc::remove_limit();
             report(info);
         }));
     });
     let limit = ctxalloc::usage() + extra;
-    ctxalloc::set_limit(Some(limit));
+    ctxalloc::set_limit(limit).expect("a workable limit");
     LimitGuard(limit)
 }
 
@@ -512,3 +512,13 @@ pub mod host {
         };
     }
 }
+
+/// The workspace README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
+/// The guide's examples (`docs/guide.md`), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+struct GuideDoctests;

@@ -174,7 +174,7 @@ fn child_limit_follows_the_cgroup() {
     assert!(ctxalloc::stats().limit_origin.as_str().starts_with("auto: memory.max 512 MiB"));
     std::mem::forget(t); // the parent removes the tree
                          // A limit set by hand is no longer followed.
-    ctxalloc::set_limit(Some(300 << 20));
+    ctxalloc::set_limit(300 << 20).expect("a workable limit");
     assert_eq!(ctxalloc::stats().limit_origin.as_str(), "");
 }
 

@@ -29,6 +29,9 @@ fn freed_memory_goes_back_while_the_program_is_idle() {
         );
         std::thread::yield_now();
     }
+    // The statistics say who gave it back: the idle purge, not a reclaim pass.
+    let s = ctxalloc::stats();
+    assert!(s.aged_purges >= 1 && s.aged_purged_bytes > 0, "{s}");
 }
 
 /// Live threads of this process named like ctxalloc's background thread. Without allocating
@@ -210,4 +213,56 @@ fn child_malformed_idle_timeout() {
     }
     burst();
     wait_until(60, "the background thread started", || background_threads() == 1);
+}
+
+/// Switches read in any case: `OFF` is understood (the pressure monitor is then refused, with
+/// its own line), `disable` is no switch and says so — neither is a silent default.
+#[test]
+fn background_switch_reads_any_case_and_rejects_other_words() {
+    let out = assert_child_passes(
+        "child_idle_switches",
+        &[("CTXALLOC_BACKGROUND", "OFF"), ("CTXALLOC_PRESSURE", "on"), ("CTXALLOC_SHOW_STATS", "maybe")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("ignoring CTXALLOC_PRESSURE=\"on\": expected no value while CTXALLOC_BACKGROUND=off")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("ignoring CTXALLOC_SHOW_STATS=\"maybe\": expected on or off").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ctxalloc statistics"), "{stderr}");
+
+    let out = assert_child_passes("child_idle_switches", &[("CTXALLOC_BACKGROUND", "disable")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("ignoring CTXALLOC_BACKGROUND=\"disable\": expected on or off").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn child_idle_switches() {
+    if !is_child("child_idle_switches") {
+        return;
+    }
+    burst();
+}
+
+/// `CTXALLOC_SHOW_STATS=1`: the statistics table on stderr at exit, once, after the test's own
+/// output.
+#[test]
+fn show_stats_prints_the_table_at_exit() {
+    let out = assert_child_passes("child_idle_switches", &[("CTXALLOC_SHOW_STATS", "1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("ctxalloc statistics").count(), 1, "{stderr}");
+    let table = &stderr[stderr.find("ctxalloc statistics").unwrap()..];
+    assert!(table.contains("peak usage") && table.contains("idle purges"), "{table}");
+    assert!(!stderr.contains("ignoring"), "{stderr}");
 }

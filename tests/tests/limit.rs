@@ -128,6 +128,48 @@ fn a_malformed_environment_limit_is_reported_once_and_ignored() {
     assert_eq!(stderr.matches("ignoring CTXALLOC_LIMIT=\"lots\"").count(), 1, "{stderr}");
 }
 
+/// The shared size parser's reasons, and a limit that cannot work refused with the smallest
+/// that can; `0` is no limit, as in C; sizes read as everywhere else (`64MiB`).
+#[test]
+fn environment_limits_are_read_strictly_and_refused_with_the_reason() {
+    for (value, line) in [
+        ("100kb", "ignoring CTXALLOC_LIMIT=\"100kb\": a limit of 100 KiB cannot work: the smallest is"),
+        ("1.5G", "ignoring CTXALLOC_LIMIT=\"1.5G\": the unit after the number is not one of B, K, M, G, T"),
+        ("99999999999999G", "ignoring CTXALLOC_LIMIT=\"99999999999999G\": the size does not fit"),
+    ] {
+        let out = assert_child_passes("child_malformed_limit", &[("CTXALLOC_LIMIT", value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches(line).count(), 1, "{value}: {stderr}");
+    }
+    let out = assert_child_passes("child_malformed_limit", &[("CTXALLOC_LIMIT", "0")]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("ignoring"), "{out:?}");
+    assert_child_passes("child_limit_in_mib", &[("CTXALLOC_LIMIT", "64MiB")]);
+}
+
+#[test]
+fn child_limit_in_mib() {
+    if !is_child("child_limit_in_mib") {
+        return;
+    }
+    assert_eq!(ctxalloc::limit(), Some(64 << 20));
+}
+
+/// A limit below the smallest workable one changes nothing; at it, the limit is set.
+#[test]
+fn a_limit_below_the_minimum_is_refused() {
+    assert_child_passes("child_limit_below_the_minimum", &[]);
+}
+
+#[test]
+fn child_limit_below_the_minimum() {
+    if !is_child("child_limit_below_the_minimum") {
+        return;
+    }
+    let e = ctxalloc::set_limit(ctxalloc::MIN_LIMIT - 1).unwrap_err();
+    assert_eq!((e.limit, e.min), (ctxalloc::MIN_LIMIT - 1, ctxalloc::MIN_LIMIT));
+    assert_eq!(ctxalloc::limit(), None);
+}
+
 #[test]
 fn child_malformed_limit() {
     if !is_child("child_malformed_limit") {

@@ -81,12 +81,26 @@ unsafe impl GlobalAlloc for Unsized {
     }
 }
 
+/// `n` alloc+free pairs of 32 bytes (64 live) through one allocator, for callgrind
+/// (`benches/callgrind.sh` runs it with N and 2N and divides the difference by N).
+#[derive(clap::Parser, Debug)]
+#[command(name = "pairs")]
+struct Args {
+    /// ctxalloc, ctxalloc-kfree, mimalloc, jemalloc, system, floor, or scopes (save+restore pairs)
+    #[arg(default_value = "ctxalloc")]
+    which: String,
+    /// Pairs to run
+    #[arg(default_value_t = 1_000_000)]
+    n: usize,
+    /// `scope`: run inside a NOFS|NOIO scope
+    #[arg(value_parser = ["scope"])]
+    scope: Option<String>,
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let which = args.next().unwrap_or_else(|| "ctxalloc".into());
-    let n: usize = args.next().map_or(1_000_000, |s| s.parse().expect("n"));
-    let scope = args.next().is_some_and(|s| s == "scope");
-    let _g = scope.then(|| ctxalloc::scope(ctxalloc::Gfp::NOFS | ctxalloc::Gfp::NOIO));
+    let args = <Args as clap::Parser>::parse();
+    let (which, n) = (args.which, args.n);
+    let _g = args.scope.is_some().then(|| ctxalloc::scope(ctxalloc::Gfp::NOFS | ctxalloc::Gfp::NOIO));
     if which == "scopes" {
         // `n` memalloc_nofs_save/restore pairs (callgrind.sh's last row).
         for _ in 0..n {

@@ -62,11 +62,11 @@ fn main() {
     ctxalloc::trim();
 
     let handle = ctxalloc::register_shrinker(cache.clone());
-    ctxalloc::set_limit(Some(ctxalloc::usage() + (16 << 20)));
+    ctxalloc::set_limit(ctxalloc::usage() + (16 << 20)).expect("a workable limit");
     let before = ctxalloc::stats();
     let reclaiming = run(&cache, n, None);
     let after = ctxalloc::stats();
-    ctxalloc::set_limit(None);
+    ctxalloc::remove_limit();
     drop(handle);
 
     println!("64 KiB allocations per second, 16 MiB working set");
@@ -74,7 +74,7 @@ fn main() {
     println!("  at the limit (every block reclaimed first):      {reclaiming:>12.0}");
     println!("  ratio: {:.2}× the cost", free / reclaiming);
     println!(
-        "  while reclaiming: {} direct-reclaim rounds, {} background passes, {} failures",
+        "  while reclaiming: {} direct-reclaim rounds, {} background reclaims, {} failures",
         after.reclaim_rounds - before.reclaim_rounds,
         after.background_passes - before.background_passes,
         after.alloc_failures - before.alloc_failures

@@ -201,29 +201,36 @@ fn mib(kib: usize) -> String {
     format!("{:.0}", kib as f64 / 1024.0)
 }
 
+/// The mimalloc-bench workloads, every allocator, each run in its own process; prints a
+/// markdown table of median times and peak RSS.
+#[derive(clap::Parser, Debug)]
+#[command(name = "suite")]
+struct Args {
+    /// Runs per workload and allocator (the median is shown)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// Only the workloads whose name contains this
+    #[arg(long)]
+    only: Option<String>,
+    #[command(subcommand)]
+    child: Option<Child>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Child {
+    /// One workload in this process, on the allocator named by SUITE_ALLOC (what the runner
+    /// starts for each measurement)
+    #[command(hide = true)]
+    Run { workload: String, threads: usize },
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("run") {
-        child(&args[2], args[3].parse().expect("threads"));
+    let args = <Args as clap::Parser>::parse();
+    if let Some(Child::Run { workload, threads }) = &args.child {
+        child(workload, *threads);
         return;
     }
-    let mut runs = 3;
-    let mut only = None;
-    let mut i = 1;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--runs" => {
-                runs = args[i + 1].parse().expect("--runs N");
-                i += 1;
-            }
-            "--only" => {
-                only = Some(args[i + 1].clone());
-                i += 1;
-            }
-            other => panic!("unknown argument {other}"),
-        }
-        i += 1;
-    }
+    let (runs, only) = (args.runs, args.only);
     let exe = std::env::current_exe().unwrap().to_string_lossy().into_owned();
     // Columns: (label, binary, SUITE_ALLOC).
     let mut columns: Vec<(String, String, &str)> =

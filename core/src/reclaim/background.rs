@@ -35,13 +35,13 @@ impl Default for BackgroundThread {
 
 impl BackgroundThread {
     /// No thread yet.
-    #[cfg(not(loom))]
+    #[cfg(not(all(loom, test)))]
     pub const fn new() -> Self {
         BackgroundThread { running: AtomicBool::new(false) }
     }
 
     /// No thread yet.
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub fn new() -> Self {
         BackgroundThread { running: AtomicBool::new(false) }
     }

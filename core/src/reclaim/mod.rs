@@ -25,7 +25,6 @@ pub(crate) mod shrinker;
 use crate::gfp::{Effective, Gfp, ReclaimClass};
 use crate::lock::{deferred, CallOuts, Lock};
 use crate::report::{report, RateLimit};
-use crate::stats::Bytes;
 use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use crate::{Core, Platform};
 use core::panic::Location;
@@ -484,12 +483,11 @@ impl<P: Platform> Core<P> {
                     &self.platform,
                     format_args!(
                         "ctxalloc: NOFAIL allocation of {} bytes in context {} stalled for {} s \
-                         (usage {} of limit {}); still retrying",
+                         ({}); still retrying",
                         at.bytes,
                         eff.gfp(),
                         now.saturating_sub(at.wait_start) / 1_000_000_000,
-                        Bytes(self.acct.usage() as u64),
-                        Bytes(self.acct.limit().unwrap_or(usize::MAX) as u64),
+                        crate::page::UsageOf { usage: self.acct.usage(), limit: self.acct.limit() },
                     ),
                 );
             }
@@ -535,7 +533,7 @@ impl<P: Platform> Core<P> {
         self.call_out(deferred::PURGE_WANTED);
     }
 
-    /// [`purge_wanted`](Self::purge_wanted), with no lock held: wakes the platform's
+    /// What a free that leaves memory to purge asks for, with no lock held: wakes the platform's
     /// background thread if it runs, else has it started by the next allocation's slow path.
     /// Also for an embedder that configured background work (a pressure monitor, a limit to
     /// follow) where starting a thread is not allowed — inside an allocation.

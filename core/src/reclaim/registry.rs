@@ -138,13 +138,13 @@ impl Default for Registry {
 
 impl Registry {
     /// An empty registry.
-    #[cfg(not(loom))]
+    #[cfg(not(all(loom, test)))]
     pub const fn new() -> Registry {
         Registry { head: AtomicPtr::new(ptr::null_mut()) }
     }
 
     /// An empty registry.
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub fn new() -> Registry {
         Registry { head: AtomicPtr::new(ptr::null_mut()) }
     }

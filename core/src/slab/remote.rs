@@ -40,7 +40,7 @@ impl Block {
     pub unsafe fn next(b: *mut Block) -> *mut Block {
         // SAFETY: per the contract, `b` is a readable free block.
         let stored = unsafe { (*b).next.with(|p| *p) };
-        #[cfg(all(feature = "hardened", not(loom)))]
+        #[cfg(all(feature = "hardened", not(all(loom, test))))]
         let stored = crate::hardened::decode(stored);
         stored
     }
@@ -51,7 +51,7 @@ impl Block {
     /// `b` points to a free block that this thread may write.
     #[inline(always)]
     pub unsafe fn set_next(b: *mut Block, next: *mut Block) {
-        #[cfg(all(feature = "hardened", not(loom)))]
+        #[cfg(all(feature = "hardened", not(all(loom, test))))]
         let next = crate::hardened::encode(next);
         // SAFETY: per the contract, `b` is a writable free block.
         unsafe { (*b).next.with_mut(|p| *p = next) }
@@ -62,7 +62,7 @@ impl Block {
     ///
     /// # Safety
     /// As [`set_next`](Self::set_next).
-    #[cfg(all(feature = "hardened", not(loom)))]
+    #[cfg(all(feature = "hardened", not(all(loom, test))))]
     #[inline(always)]
     pub unsafe fn clear(b: *mut Block) {
         // SAFETY: per the contract, `b` is a writable block.
@@ -70,7 +70,7 @@ impl Block {
     }
 
     /// A block for tests and models: `next` is null.
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub fn new() -> Block {
         Block { next: RawCell::new(ptr::null_mut()) }
     }
@@ -116,13 +116,13 @@ impl Default for RemoteList {
 
 impl RemoteList {
     /// An empty, owned list.
-    #[cfg(not(loom))]
+    #[cfg(not(all(loom, test)))]
     pub const fn new() -> RemoteList {
         RemoteList { word: AtomicPtr::new(ptr::null_mut()) }
     }
 
     /// An empty, owned list.
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub fn new() -> RemoteList {
         RemoteList { word: AtomicPtr::new(ptr::null_mut()) }
     }
@@ -159,7 +159,7 @@ impl RemoteList {
     /// Whether anything was pushed (a hint: it may change at any time).
     /// The first block, without taking the list: for the owner, the only thread that takes,
     /// so the blocks reachable from it stay on the list while it looks.
-    #[cfg(all(feature = "hardened", not(loom)))]
+    #[cfg(all(feature = "hardened", not(all(loom, test))))]
     #[inline]
     pub fn peek(&self) -> *mut Block {
         blocks(self.word.load(Ordering::Acquire))

@@ -236,7 +236,7 @@ unsafe fn meta_start(seg: *mut Segment) -> usize {
 
 /// Bytes of the header slice the page heap charges: its pages that the header touches.
 #[inline]
-fn header_bytes(page_size: usize) -> usize {
+pub(crate) const fn header_bytes(page_size: usize) -> usize {
     core::mem::size_of::<Segment>().next_multiple_of(page_size)
 }
 
@@ -576,6 +576,17 @@ impl<P: Platform> Core<P> {
     /// whether dirty memory is still waiting (call again after [`PURGE_DELAY_NS`](crate::PURGE_DELAY_NS)). For the
     /// platform's background thread; calling it from anywhere else is harmless.
     pub fn purge_aged(&self) -> bool {
+        let before = self.acct.usage();
+        let waiting = self.purge_aged_inner();
+        let given = before.saturating_sub(self.acct.usage());
+        if given != 0 {
+            self.counters.aged_purges.fetch_add(1, Ordering::Relaxed);
+            self.counters.aged_purged.fetch_add(given, Ordering::Relaxed);
+        }
+        waiting
+    }
+
+    fn purge_aged_inner(&self) -> bool {
         let areas = self.area_cache_flush(true);
         {
             let ph = self.lock(&self.pages);

@@ -352,6 +352,23 @@ fn vmap_descriptor_is_allocated_in_the_callers_context() {
     assert_all_returned(&core);
 }
 
+/// A failure at the limit names the real ceiling: the limit and the reserve below it.
+#[test]
+fn a_failure_at_the_limit_names_the_reserve() {
+    let core = new_core(8);
+    core.set_limit(400 << 10).expect("above the minimum");
+    let l = Layout::from_size_align(300 << 10, 8).unwrap();
+    assert!(core.alloc_with(l, Gfp::NORECLAIM).is_err());
+    let reports = core.platform().reports();
+    assert!(
+        reports.iter().any(|r| r.contains("of limit 400 KiB, 200 KiB of it the emergency reserve")),
+        "{reports:?}"
+    );
+    assert!(core.set_limit(Core::<MockPlatform>::MIN_LIMIT - 1).is_err());
+    assert_eq!(core.limit(), Some(400 << 10));
+    core.remove_limit();
+}
+
 #[test]
 fn exhaustion_returns_null_and_reports_once() {
     let core = new_core(8);
@@ -737,7 +754,7 @@ fn a_freed_large_area_serves_the_next_one() {
     }
     assert_all_returned(&core);
     // Under a limit, a freed area goes back at once.
-    core.set_limit(Some(32 << 20));
+    core.set_limit(32 << 20).expect("a workable limit");
     let s = core.alloc_with(l, Gfp::KERNEL).unwrap();
     let u = core.usage();
     // SAFETY: live area of `l`.

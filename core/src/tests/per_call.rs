@@ -80,7 +80,7 @@ fn kvmalloc_falls_back_to_vmap_and_frees_go_to_the_owner() {
     while limit - crate::emergency_reserve(limit) < u + (32 << 10) {
         limit += 4096;
     }
-    core.set_limit(Some(limit));
+    core.set_limit(limit).expect("a workable limit");
     let l = Layout::from_size_align(20 << 10, 8).unwrap();
     let before = core.stats();
     let p = core.alloc_with(l, Gfp::NOFS).expect("served by vmap when the slab cannot");
@@ -107,7 +107,7 @@ fn kvmalloc_falls_back_to_vmap_and_frees_go_to_the_owner() {
     assert_eq!(after.vmap_areas, before.vmap_areas);
     assert_eq!(after.bad_frees, 0);
     assert!(after.usage <= u + BLOCK, "{after}");
-    core.set_limit(None);
+    core.remove_limit();
     // Without pressure the slab serves the same request (no area).
     let s = core.alloc_with(l, Gfp::KERNEL).unwrap();
     assert_eq!(core.stats().vmap_areas, before.vmap_areas);

@@ -46,7 +46,7 @@ fn a_pressure_pass_scans_in_proportion_and_gives_memory_back_below_the_limit() {
 #[test]
 fn a_pressure_pass_runs_in_a_clean_context_and_with_no_limit_at_all() {
     let core = leaked_core(24, 16);
-    core.set_limit(None);
+    core.remove_limit();
     let fs = Cache::new(core, "pressure-clean-fs", ReclaimClass::Fs).register();
     let io = Cache::new(core, "pressure-clean-io", ReclaimClass::Io).register();
     fs.fill(32);

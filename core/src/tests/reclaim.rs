@@ -31,7 +31,7 @@ fn keep<T: Send + Sync + 'static>(value: T) -> &'static T {
 /// A core that lives for the rest of the test binary (shrinkers need a `'static` core).
 pub(super) fn leaked_core(mib: usize, limit_mib: usize) -> &'static Core<MockPlatform> {
     let core = keep(Core::new(MockPlatform::new(mib << 20)));
-    core.set_limit(Some(limit_mib << 20));
+    core.set_limit(limit_mib << 20).expect("a workable limit");
     core
 }
 

@@ -179,8 +179,10 @@ static void shrinker_and_limit(void) {
     CHECK("register-shrinker-bad-class", !ctxalloc_register_shrinker("x", 7, cache_count, cache_scan, 0, &c),
           "accepted class 7");
     size_t limit = ctxalloc_usage() + (32 << 20);
-    ctxalloc_set_limit(limit);
-    CHECK("limit", ctxalloc_limit() == limit, "%zu", ctxalloc_limit());
+    int r = ctxalloc_set_limit(limit);
+    CHECK("limit", r == 0 && ctxalloc_limit() == limit, "%d %zu", r, ctxalloc_limit());
+    r = ctxalloc_set_limit(ctxalloc_min_limit() - 1);
+    CHECK("limit-too-small-refused", r == EINVAL && ctxalloc_limit() == limit, "%d %zu", r, ctxalloc_limit());
     /* Fill the cache until the limit refuses (NORECLAIM: the filler does not reclaim), give
      * back what the allocator keeps for speed, fill again: now only the cache can free. */
     for (int round = 0; round < 2; round++) {
@@ -214,7 +216,8 @@ static void shrinker_and_limit(void) {
     free(granted);
     free(denied);
     ctxalloc_unregister_shrinker(h);
-    ctxalloc_set_limit(0);
+    r = ctxalloc_set_limit(0);
+    CHECK("limit-removed", r == 0 && ctxalloc_limit() == 0, "%d %zu", r, ctxalloc_limit());
     while (c.n) free(c.chunks[--c.n]);
 }
 
@@ -260,10 +263,51 @@ static void threads(void) {
     CHECK("cross-thread-frees", ok, "a block was corrupted");
 }
 
+/* The library is the version the header says; sizes parse as CTXALLOC_LIMIT reads them; the
+ * per-call-flag variants of calloc, realloc and aligned_alloc. */
+static void version_parse_and_gfp_variants(void) {
+    CHECK("version", strcmp(ctxalloc_version(), CTXALLOC_VERSION) == 0, "library %s, header %s",
+          ctxalloc_version(), CTXALLOC_VERSION);
+    size_t n = 7;
+    int r = ctxalloc_parse_size("64MiB", &n);
+    CHECK("parse-size", r == 0 && n == (size_t)64 << 20, "%d %zu", r, n);
+    n = 7;
+    r = ctxalloc_parse_size("1.5G", &n);
+    int r2 = ctxalloc_parse_size("99999999999999G", &n);
+    CHECK("parse-size-errors", r == EINVAL && r2 == ERANGE && n == 7, "%d %d %zu", r, r2, n);
+
+    unsigned char *z = ctxalloc_calloc_gfp(1000, 3, CTXALLOC_NOWARN);
+    int zero = z != NULL;
+    for (size_t i = 0; z && i < 3000; i++) zero &= z[i] == 0;
+    CHECK("calloc-gfp-zeroes", zero, "%p", (void *)z);
+    errno = 0;
+    void *o = ctxalloc_calloc_gfp(huge, 2, CTXALLOC_NOWARN);
+    CHECK("calloc-gfp-overflow", o == NULL && errno == ENOMEM, "%p errno %d", o, errno);
+    pattern(z, 3000, 5);
+    unsigned char *g = ctxalloc_realloc_gfp(z, 100000, CTXALLOC_NOWARN);
+    CHECK("realloc-gfp-keeps", g && pattern_ok(g, 3000, 5), "%p", (void *)g);
+    errno = 0;
+    o = ctxalloc_realloc_gfp(g, huge, CTXALLOC_NOWARN);
+    CHECK("realloc-gfp-failure-keeps-the-block", o == NULL && errno == ENOMEM && pattern_ok(g, 3000, 5),
+          "%p errno %d", o, errno);
+    free(g);
+    int al = 1;
+    for (size_t a = 1; a <= (1 << 20); a <<= 1) {
+        void *p = ctxalloc_aligned_alloc_gfp(a, 24, CTXALLOC_ZERO);
+        if (!p || (uintptr_t)p % a || *(unsigned char *)p != 0) al = 0;
+        free(p);
+    }
+    CHECK("aligned-alloc-gfp", al, "a block was misaligned or not zeroed");
+    errno = 0;
+    o = ctxalloc_aligned_alloc_gfp(24, 24, 0);
+    CHECK("aligned-alloc-gfp-einval", o == NULL && errno == EINVAL, "%p errno %d", o, errno);
+}
+
 int main(void) {
     malloc_family();
     scopes();
     shrinker_and_limit();
+    version_parse_and_gfp_variants();
     threads();
     printf("%d failures\n", failures);
     return failures;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use sync_engine::{alloc_block, block, Dirty, Key, Lru, BLOCK};
+use sync_engine::{alloc_block, block, progress_bar, Dirty, Key, Lru, BLOCK};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -331,7 +331,9 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
     handles[1].takes(&store.writeback);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(o.workers).enable_all().build()?;
     let limit = o.limit.map(|l| l.max(ctxalloc::usage() + (8 << 20)));
-    ctxalloc::set_limit(limit);
+    if let Some(l) = limit {
+        ctxalloc::set_limit(l).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let outcome = rt.block_on(async {
@@ -375,17 +377,18 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         };
         // Progress, the watchdog and the end of the run.
         let (mut last, mut last_change, mut peak) = (0, Instant::now(), 0);
+        let bar = progress_bar(o.progress);
         let deadline = start + Duration::from_secs_f64(o.seconds);
         let failure = loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             peak = peak.max(ctxalloc::usage());
             let ops = store.ops.load(Ordering::Relaxed);
-            if o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                eprint!(
-                    "\r{:5.1} s {ops:>10} ops  usage {:>4} MiB   ",
+            if o.progress {
+                bar.set_message(format!(
+                    "{:5.1} s {ops:>10} ops  usage {:>4} MiB",
                     start.elapsed().as_secs_f64(),
                     ctxalloc::usage() >> 20
-                );
+                ));
             }
             if store.failed.load(Ordering::SeqCst) {
                 break Some(Ok(3));
@@ -399,9 +402,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
                 break None;
             }
         };
-        if o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprintln!();
-        }
+        bar.finish_and_clear();
         if failure.is_some() {
             return (failure, peak);
         }
@@ -417,7 +418,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         (None, peak)
     });
     let seconds = start.elapsed().as_secs_f64();
-    ctxalloc::set_limit(None);
+    ctxalloc::remove_limit();
     let (failure, peak) = outcome;
     if let Some(f) = failure {
         std::mem::forget(rt);

@@ -11,114 +11,96 @@
 //!
 //! ```text
 //! cargo run --release --example blockcache-async -- [--limit 64M|none] [--seconds N]
-//!     [--tasks N] [--workers N] [--files N] [--blocks-per-file N] [--no-scopes] [--watchdog S] [--quiet]
+//!     [--tasks N] [--workers N] [--files N] [--blocks-per-file N] [--no-scopes] [--watchdog S]
+//!     [--quiet] [--json]
 //! ```
 //!
 //! `--no-scopes` drops the locks' scopes: reclaim inside a lock holder's allocation then calls
 //! the shrinker that needs that lock, and the run stops with exit status 3 naming both (2 if
 //! the watchdog sees no progress, 1 on lost writes or I/O errors).
 
+#[path = "../common/cli.rs"]
+mod cli;
 mod engine;
 
-use engine::{Failure, Options};
+use clap::Parser;
+use cli::{mib, LimitArg, RunArgs};
+use engine::{Failure, Options, Report};
 
 #[global_allocator]
 static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
 
-const USAGE: &str =
-    "usage: blockcache-async [--limit 64M|none] [--seconds N] [--tasks N] [--workers N] [--files N] \
-                     [--blocks-per-file N] [--no-scopes] [--watchdog SECONDS] [--quiet]";
+/// The blockcache job on tokio: tasks hold `AsyncScopedMutex`es (NOFS for the cache, NOIO for
+/// the write-back buffer) across awaits, under a memory limit; every block is verified.
+#[derive(Parser, Debug)]
+#[command(name = "blockcache-async", version)]
+struct Args {
+    /// The memory limit: a size (64M, 64MiB, 1G) or `none` (or 0)
+    #[arg(long, default_value = "64M", value_parser = limit)]
+    limit: Limit,
+    /// Run for this many seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Tasks reading and writing blocks
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    tasks: u64,
+    /// Tokio worker threads
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    workers: u64,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-fn parse() -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
-        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{a} {v}: {e}"));
-        match a.as_str() {
-            "--limit" => {
-                let v = val()?;
-                o.limit = if v.eq_ignore_ascii_case("none") {
-                    None
-                } else {
-                    let (n, shift) = match v.chars().last().map(|c| c.to_ascii_uppercase()) {
-                        Some('K') => (&v[..v.len() - 1], 10),
-                        Some('M') => (&v[..v.len() - 1], 20),
-                        Some('G') => (&v[..v.len() - 1], 30),
-                        _ => (&v[..], 0),
-                    };
-                    let n: usize = n.parse().map_err(|e| format!("--limit {v}: {e}"))?;
-                    Some(
-                        n.checked_shl(shift)
-                            .filter(|l| l >> shift == n)
-                            .ok_or(format!("--limit {v}: too large"))?,
-                    )
-                }
-            }
-            "--seconds" => o.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
-            "--tasks" => o.tasks = num(val()?)? as usize,
-            "--workers" => o.workers = num(val()?)? as usize,
-            "--files" => o.files = num(val()?)? as usize,
-            "--blocks-per-file" => o.blocks_per_file = num(val()?)?,
-            "--watchdog" => o.watchdog = num(val()?)?,
-            "--no-scopes" => o.no_scopes = true,
-            "--quiet" => o.progress = false,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
+/// `--limit`'s value: bytes, or none.
+#[derive(Clone, Copy, Debug)]
+struct Limit(Option<usize>);
+
+/// `--limit`: as `blockcache`'s, without the cgroup forms.
+fn limit(v: &str) -> Result<Limit, String> {
+    match LimitArg::parse(v)? {
+        LimitArg::None => Ok(Limit(None)),
+        LimitArg::Bytes(b) => Ok(Limit(Some(b))),
+        LimitArg::Cgroup(_) => Err("a limit from the cgroup is `--example blockcache`'s; give a size".into()),
     }
-    if o.tasks == 0 || o.workers == 0 || o.files == 0 || o.blocks_per_file < 8 {
-        return Err("--tasks, --workers and --files must be positive, --blocks-per-file at least 8".into());
-    }
-    Ok(o)
 }
 
 fn main() {
-    let o = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(64);
-        }
+    let a = Args::parse();
+    let o = Options {
+        seconds: a.seconds,
+        tasks: a.tasks as usize,
+        workers: a.workers as usize,
+        files: a.run.files as usize,
+        blocks_per_file: a.run.blocks_per_file,
+        limit: a.limit.0,
+        no_scopes: a.run.no_scopes,
+        watchdog: a.run.watchdog,
+        progress: a.run.progress(),
     };
-    println!(
-        "blockcache-async: {} tasks on {} workers, {} files × {} blocks of 4 KiB ({} MiB), limit {}, scopes: {}",
-        o.tasks,
-        o.workers,
-        o.files,
-        o.blocks_per_file,
-        (o.files as u64 * o.blocks_per_file * 4096) >> 20,
-        o.limit.map_or("none".into(), |l| format!("{} MiB", l >> 20)),
-        if o.no_scopes { "none (--no-scopes)" } else { "NOFS with the cache lock, NOIO with the write-back lock (per task)" }
-    );
+    if !a.run.json {
+        println!(
+            "blockcache-async: {} tasks on {} workers, {} files × {} blocks of 4 KiB ({}), limit {}, scopes: {}",
+            o.tasks,
+            o.workers,
+            o.files,
+            o.blocks_per_file,
+            mib(o.files * o.blocks_per_file as usize * 4096),
+            o.limit.map_or("none".into(), mib),
+            if o.no_scopes {
+                "none (--no-scopes)"
+            } else {
+                "NOFS with the cache lock, NOIO with the write-back lock (per task)"
+            }
+        );
+    }
     match engine::run(&o) {
-        Ok(r) => {
-            println!(
-                "  {:.0} ops/s: {} ops in {:.1} s; cache hits {:.1} %; a lock holder resumed on another worker {} times",
-                r.ops as f64 / r.seconds,
-                r.ops,
-                r.seconds,
-                100.0 * r.hits as f64 / r.ops.max(1) as f64,
-                r.hops,
-            );
-            println!(
-                "  peak usage {} MiB{}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; short of \
-                 memory, {} inserts recycled a buffer and {} writes went through",
-                r.peak >> 20,
-                r.limit.map_or(String::new(), |l| format!(" of a {} MiB limit", l >> 20)),
-                r.evicted,
-                r.written_back,
-                r.flushed,
-                r.recycled,
-                r.written_through,
-            );
-            println!("  verification: {} blocks read back, {} lost", r.checked, r.lost);
-            println!("{}", ctxalloc::stats());
+        Ok(r) if a.run.json => {
+            println!("{}", json(&a, &r));
             if r.lost != 0 {
-                eprintln!("blockcache-async: {} writes were lost", r.lost);
                 std::process::exit(1);
             }
         }
+        Ok(r) => text(&r),
         Err(f) => {
             eprintln!("blockcache-async: {f}");
             eprintln!("{}", ctxalloc::stats());
@@ -129,4 +111,54 @@ fn main() {
             });
         }
     }
+}
+
+fn text(r: &Report) {
+    println!(
+        "  {:.0} ops/s: {} ops in {:.1} s; cache hits {:.1} %; a lock holder resumed on another worker {} times",
+        r.ops as f64 / r.seconds,
+        r.ops,
+        r.seconds,
+        100.0 * r.hits as f64 / r.ops.max(1) as f64,
+        r.hops,
+    );
+    println!(
+        "  peak usage {}{}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; short of \
+         memory, {} inserts recycled a buffer and {} writes went through",
+        mib(r.peak),
+        r.limit.map_or(", no limit".into(), |l| format!(" of a {} limit", mib(l))),
+        r.evicted,
+        r.written_back,
+        r.flushed,
+        r.recycled,
+        r.written_through,
+    );
+    println!("  verification: {} blocks read back, {} lost", r.checked, r.lost);
+    println!("{}", ctxalloc::stats());
+    if r.lost != 0 {
+        eprintln!("blockcache-async: {} writes were lost", r.lost);
+        std::process::exit(1);
+    }
+}
+
+/// The run's result as JSON.
+fn json(a: &Args, r: &Report) -> serde_json::Value {
+    let s = ctxalloc::stats();
+    serde_json::json!({
+        "tasks": a.tasks, "workers": a.workers, "files": a.run.files, "blocks_per_file": a.run.blocks_per_file,
+        "scopes": !a.run.no_scopes,
+        "limit_bytes": r.limit,
+        "seconds": r.seconds,
+        "ops_per_s": r.ops as f64 / r.seconds,
+        "ops": r.ops, "hits": r.hits, "hops": r.hops,
+        "peak_usage_bytes": r.peak,
+        "evicted": r.evicted, "written_back": r.written_back, "flushed": r.flushed,
+        "recycled": r.recycled, "written_through": r.written_through,
+        "checked": r.checked, "lost": r.lost,
+        "allocator": {
+            "usage_bytes": s.usage, "peak_bytes": s.peak,
+            "reclaim_rounds": s.reclaim_rounds, "background_reclaims": s.background_passes,
+            "idle_purges": s.aged_purges, "failed_allocations": s.alloc_failures,
+        },
+    })
 }

@@ -45,6 +45,17 @@ use std::time::{Duration, Instant};
 /// Block size.
 pub const BLOCK: usize = 4096;
 
+/// A one-line progress display on stderr, drawn only when stderr is a terminal (indicatif
+/// hides it otherwise: nothing is redrawn into a pipe or a file).
+pub fn progress_bar(on: bool) -> indicatif::ProgressBar {
+    if !on {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{msg}").expect("a valid template"));
+    bar
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -721,7 +732,9 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         Some(how) => ctxalloc::cgroup::set_limit_from_cgroup(how).ok(),
         None => {
             let limit = o.limit.map(|l| l.max(ctxalloc::usage() + (8 << 20)));
-            ctxalloc::set_limit(limit);
+            if let Some(l) = limit {
+                ctxalloc::set_limit(l).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            }
             limit
         }
     };
@@ -783,9 +796,11 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         })?
     };
 
-    // Progress, the watchdog, and the end of the run. This thread formats nothing that
-    // allocates while the limit is on: the limit is lifted before a failure is described.
+    // Progress, the watchdog, and the end of the run. The limit is lifted before a failure
+    // is described (its text allocates much); the progress line allocates a little, as any
+    // thread holding no lock may.
     let limit_text = limit.map_or("no limit".to_string(), |l| format!("{} MiB", l >> 20));
+    let bar = progress_bar(o.progress);
     let deadline = start + Duration::from_secs_f64(o.seconds);
     let (mut last_ops, mut last_change, mut peak) = (0u64, Instant::now(), 0usize);
     let failure = loop {
@@ -793,14 +808,14 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         peak = peak.max(ctxalloc::usage());
         let ops = store.reads.load(Ordering::Relaxed) + store.writes.load(Ordering::Relaxed);
         if o.progress {
-            eprint!(
-                "\r{:5.1} s {:>10} ops {:>9.0} ops/s  usage {:>5} MiB of {}   ",
+            bar.set_message(format!(
+                "{:5.1} s {:>10} ops {:>9.0} ops/s  usage {:>5} MiB of {}",
                 start.elapsed().as_secs_f64(),
                 ops,
                 ops as f64 / start.elapsed().as_secs_f64(),
                 ctxalloc::usage() >> 20,
                 limit_text,
-            );
+            ));
         }
         if let (Some(src), Some(at), Some(every)) = (&source, next_pressure, o.pressure_every) {
             if Instant::now() >= at && pressure.len() < pressure.capacity() {
@@ -809,13 +824,13 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
             }
         }
         if store.failed.load(Ordering::SeqCst) {
-            ctxalloc::set_limit(None);
+            ctxalloc::remove_limit();
             break store.failure.lock().unwrap().take();
         }
         if ops != last_ops {
             (last_ops, last_change) = (ops, Instant::now());
         } else if last_change.elapsed() >= Duration::from_secs(o.watchdog) {
-            ctxalloc::set_limit(None);
+            ctxalloc::remove_limit();
             let who = format!("{}; {}", store.cache.describe(), store.writeback.describe());
             break Some(Failure::Deadlock(who));
         }
@@ -824,9 +839,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
             break None;
         }
     };
-    if o.progress {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     if let Some(f) = failure {
         // Threads may be deadlocked: leave them; the caller exits.
         return Err(f);
@@ -837,7 +850,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
     let stopping = Instant::now();
     while !(workers.iter().all(|w| w.is_finished()) && flusher.is_finished()) {
         if stopping.elapsed() >= Duration::from_secs(o.watchdog) {
-            ctxalloc::set_limit(None);
+            ctxalloc::remove_limit();
             let who =
                 format!("at the end of the run; {}; {}", store.cache.describe(), store.writeback.describe());
             return Err(Failure::Deadlock(who));
@@ -864,7 +877,7 @@ fn run_in(o: &Options, dir: &std::path::Path) -> Result<Report, Failure> {
         let done = store.write_back(&mut w, n)?;
         store.flushed.fetch_add(done as u64, Ordering::Relaxed);
     }
-    ctxalloc::set_limit(None);
+    ctxalloc::remove_limit();
     drop(source);
     drop(handles);
 

@@ -12,8 +12,11 @@
 //! ```text
 //! cargo run --release --example blockcache -- [--limit 64M|none|auto|N%] [--seconds N] [--ops N]
 //!     [--threads N] [--files N] [--blocks-per-file N] [--pressure [MS]] [--no-scopes]
-//!     [--watchdog SECONDS] [--quiet]
+//!     [--watchdog SECONDS] [--quiet] [--json]
 //! ```
+//!
+//! `--help` lists them. `--json` prints the result as one JSON object on stdout (what
+//! `benches/blockcache.sh` reads); the progress display is drawn only on a terminal.
 //!
 //! `--limit auto` (or `80%`) takes the limit from the process's cgroup and prints where it came
 //! from. `--pressure` fires a memory-pressure event every second (or every MS milliseconds)
@@ -24,83 +27,109 @@
 //! its own thread holds. The run stops with exit status 3 and names the lock and the shrinker
 //! (status 2 if the watchdog sees no progress, 1 on lost writes or I/O errors).
 
+#[path = "../common/cli.rs"]
+mod cli;
 mod engine;
 
-use engine::{Failure, Options};
+use clap::Parser;
+use cli::{mib, LimitArg, RunArgs};
+use engine::{Failure, Options, Report};
 
 #[global_allocator]
 static GLOBAL: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
 
-const USAGE: &str =
-    "usage: blockcache [--limit 64M|none|auto|N%] [--seconds N] [--ops N] [--threads N] [--files N] \
-                     [--blocks-per-file N] [--pressure [MS]] [--no-scopes] [--watchdog SECONDS] [--quiet]";
-
-fn parse_size(v: &str) -> Result<Option<usize>, String> {
-    if v.eq_ignore_ascii_case("none") {
-        return Ok(None);
-    }
-    let (num, shift) = match v.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&v[..v.len() - 1], 10),
-        Some('M') => (&v[..v.len() - 1], 20),
-        Some('G') => (&v[..v.len() - 1], 30),
-        _ => (v, 0),
-    };
-    let n: usize = num.parse().map_err(|e| format!("--limit {v}: {e}"))?;
-    Ok(Some(n << shift))
+/// A storage-engine-like workload on real files under a memory limit, on ctxalloc: worker
+/// threads read and write 4 KiB blocks through an LRU cache (a filesystem-class shrinker) and a
+/// write-back buffer (an I/O-class shrinker); every block is verified at the end.
+#[derive(Parser, Debug)]
+#[command(name = "blockcache", version)]
+struct Args {
+    /// The memory limit: a size (64M, 64MiB, 1G), `none` (or 0), `auto` or a percentage
+    /// (from the process's cgroup)
+    #[arg(long, default_value = "64M", value_parser = LimitArg::parse)]
+    limit: LimitArg,
+    /// Run for this many seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Run for this many operations instead
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Worker threads
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+    /// Fire a memory-pressure event every MS milliseconds (1000 without a value) through a
+    /// pipe the allocator's pressure monitor watches
+    #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "1000",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pressure: Option<u64>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-fn parse() -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut args = std::env::args().skip(1).peekable();
-    while let Some(a) = args.next() {
-        if a == "--pressure" {
-            let ms = match args.peek().map(|v| v.parse::<u64>()) {
-                Some(Ok(ms)) => {
-                    args.next();
-                    ms
-                }
-                _ => 1000,
-            };
-            o.pressure_every = Some(std::time::Duration::from_millis(ms.max(1)));
-            continue;
-        }
-        let mut val = || args.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
-        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{a} {v}: {e}"));
-        match a.as_str() {
-            "--limit" => {
-                let v = val()?;
-                match ctxalloc::cgroup::AutoLimit::parse(v.as_bytes()) {
-                    Some(Ok(how)) => (o.limit_auto, o.limit) = (Some(how), None),
-                    Some(Err(())) => return Err(format!("--limit {v}: a percentage from 1% to 100%")),
-                    None => o.limit = parse_size(&v)?,
-                }
-            }
-            "--seconds" => o.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
-            "--ops" => o.ops = Some(num(val()?)?),
-            "--threads" => o.threads = num(val()?)? as usize,
-            "--files" => o.files = num(val()?)? as usize,
-            "--blocks-per-file" => o.blocks_per_file = num(val()?)?,
-            "--watchdog" => o.watchdog = num(val()?)?,
-            "--no-scopes" => o.no_scopes = true,
-            "--quiet" => o.progress = false,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+impl Args {
+    fn options(&self) -> Options {
+        Options {
+            seconds: self.seconds,
+            ops: self.ops,
+            threads: self.threads as usize,
+            files: self.run.files as usize,
+            blocks_per_file: self.run.blocks_per_file,
+            limit: match self.limit {
+                LimitArg::Bytes(b) => Some(b),
+                _ => None,
+            },
+            limit_auto: match self.limit {
+                LimitArg::Cgroup(how) => Some(how),
+                _ => None,
+            },
+            pressure_every: self.pressure.map(std::time::Duration::from_millis),
+            no_scopes: self.run.no_scopes,
+            watchdog: self.run.watchdog,
+            progress: self.run.progress(),
         }
     }
-    if o.threads == 0 || o.files == 0 || o.blocks_per_file < 8 {
-        return Err("--threads and --files must be positive, --blocks-per-file at least 8".into());
-    }
-    Ok(o)
+}
+
+/// The run's result as JSON: the report's counters and the allocator's.
+fn json(a: &Args, r: &Report) -> serde_json::Value {
+    let s = ctxalloc::stats();
+    let pressure: Vec<_> = r
+        .pressure
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "at_s": e.at, "idle": e.idle, "ran": e.ran, "given_bytes": e.given,
+                "cached": [e.cached.0, e.cached.1], "dirty": [e.dirty.0, e.dirty.1],
+                "usage": [e.usage.0, e.usage.1],
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "threads": a.threads, "files": a.run.files, "blocks_per_file": a.run.blocks_per_file,
+        "scopes": !a.run.no_scopes,
+        "limit_bytes": r.limit,
+        "limit_origin": s.limit_origin.as_str(),
+        "seconds": r.seconds,
+        "ops_per_s": (r.reads + r.writes) as f64 / r.seconds,
+        "reads": r.reads, "writes": r.writes, "hits": r.hits, "misses": r.misses,
+        "peak_usage_bytes": r.peak,
+        "evicted": r.evicted, "written_back": r.written_back, "flushed": r.flushed,
+        "recycled": r.recycled, "written_through": r.written_through,
+        "checked": r.checked, "lost": r.lost,
+        "pressure": pressure,
+        "allocator": {
+            "usage_bytes": s.usage, "peak_bytes": s.peak,
+            "reclaim_rounds": s.reclaim_rounds, "background_reclaims": s.background_passes,
+            "idle_purges": s.aged_purges, "reserve_uses": s.reserve_uses,
+            "pressure_events": s.pressure_events, "pressure_passes": s.pressure_passes,
+            "failed_allocations": s.alloc_failures,
+        },
+    })
 }
 
 fn main() {
-    let o = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(64);
-        }
-    };
+    let args = Args::parse();
+    let o = args.options();
     let scopes = if o.no_scopes {
         "none (--no-scopes)"
     } else {
@@ -108,76 +137,34 @@ fn main() {
     };
     let limit = match o.limit_auto {
         Some(how) => match ctxalloc::cgroup::Cgroups::system().resolve(how) {
-            Ok(r) => format!("{} MiB ({})", r.limit >> 20, r.origin()),
-            Err(e) => format!(
-                "none (--limit {}: {e})",
-                std::env::args().skip_while(|a| a != "--limit").nth(1).unwrap_or_default()
-            ),
+            Ok(r) => format!("{} ({})", mib(r.limit), r.origin()),
+            Err(e) => format!("none ({e})"),
         },
-        None => o.limit.map_or("none".into(), |l| format!("{} MiB", l >> 20)),
+        None => o.limit.map_or("none".into(), mib),
     };
-    println!(
-        "blockcache: {} threads, {} files × {} blocks of 4 KiB ({} MiB), limit {limit}, scopes: {scopes}",
-        o.threads,
-        o.files,
-        o.blocks_per_file,
-        (o.files as u64 * o.blocks_per_file * 4096) >> 20,
-    );
-    if let Some(every) = o.pressure_every {
+    if !args.run.json {
         println!(
-            "  a memory-pressure event every {} ms through a pipe the allocator watches",
-            every.as_millis()
+            "blockcache: {} threads, {} files × {} blocks of 4 KiB ({}), limit {limit}, scopes: {scopes}",
+            o.threads,
+            o.files,
+            o.blocks_per_file,
+            mib(o.files * o.blocks_per_file as usize * engine::BLOCK),
         );
+        if let Some(every) = o.pressure_every {
+            println!(
+                "  a memory-pressure event every {} ms through a pipe the allocator watches",
+                every.as_millis()
+            );
+        }
     }
     match engine::run(&o) {
-        Ok(r) => {
-            let ops = r.reads + r.writes;
-            println!(
-                "  {:.0} ops/s: {} reads, {} writes in {:.1} s; cache hits {:.1} %",
-                ops as f64 / r.seconds,
-                r.reads,
-                r.writes,
-                r.seconds,
-                100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64
-            );
-            println!(
-                "  peak usage {} MiB{}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; \
-                 short of memory, {} inserts recycled a buffer and {} writes went through",
-                r.peak >> 20,
-                r.limit.map_or(String::new(), |l| format!(" of a {} MiB limit", l >> 20)),
-                r.evicted,
-                r.written_back,
-                r.flushed,
-                r.recycled,
-                r.written_through
-            );
-            if !r.pressure.is_empty() {
-                println!("  pressure events (cache and write-back blocks, usage: before → after the pass):");
-                for e in &r.pressure {
-                    println!(
-                        "    {:5.1} s{} cache {:>6} → {:>6}  dirty {:>5} → {:>5}  usage {:>4} → {:>4} MiB  {}",
-                        e.at,
-                        if e.idle { " (idle)" } else { "       " },
-                        e.cached.0,
-                        e.cached.1,
-                        e.dirty.0,
-                        e.dirty.1,
-                        e.usage.0 >> 20,
-                        e.usage.1 >> 20,
-                        if e.ran { format!("gave back {} KiB", e.given >> 10) } else { "skipped (rate limit)".into() }
-                    );
-                }
-            }
-            if o.pressure_every.is_some() {
-                println!("  the kernel's own pressure signal: {}", ctxalloc::pressure::status());
-            }
-            println!("  verification: {} blocks read back, {} lost", r.checked, r.lost);
-            println!("{}", ctxalloc::stats());
+        Ok(r) if args.run.json => {
+            println!("{}", json(&args, &r));
             if r.lost != 0 {
-                eprintln!("blockcache: {} writes were lost", r.lost);
                 std::process::exit(1);
             }
         }
+        Ok(r) => text(&o, &r),
         Err(f) => {
             eprintln!("blockcache: {f}");
             eprintln!("{}", ctxalloc::stats());
@@ -187,5 +174,65 @@ fn main() {
                 Failure::Recursion { .. } => 3,
             });
         }
+    }
+}
+
+/// The run's result as text.
+fn text(o: &Options, r: &Report) {
+    let ops = r.reads + r.writes;
+    println!(
+        "  {:.0} ops/s: {} reads, {} writes in {:.1} s; cache hits {:.1} %",
+        ops as f64 / r.seconds,
+        r.reads,
+        r.writes,
+        r.seconds,
+        100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64
+    );
+    let raised = match (o.limit, r.limit) {
+        (Some(asked), Some(had)) if had != asked => {
+            format!(" (raised from the {} asked: the usage at the start plus 8 MiB)", mib(asked))
+        }
+        _ => String::new(),
+    };
+    println!(
+        "  peak usage {}{}{raised}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; \
+         short of memory, {} inserts recycled a buffer and {} writes went through",
+        mib(r.peak),
+        r.limit.map_or(", no limit".into(), |l| format!(" of a {} limit", mib(l))),
+        r.evicted,
+        r.written_back,
+        r.flushed,
+        r.recycled,
+        r.written_through
+    );
+    if !r.pressure.is_empty() {
+        println!("  pressure events (cache and write-back blocks, usage: before → after the pass):");
+        for e in &r.pressure {
+            println!(
+                "    {:5.1} s{} cache {:>6} → {:>6}  dirty {:>5} → {:>5}  usage {:>4} → {:>4} MiB  {}",
+                e.at,
+                if e.idle { " (idle)" } else { "       " },
+                e.cached.0,
+                e.cached.1,
+                e.dirty.0,
+                e.dirty.1,
+                e.usage.0 >> 20,
+                e.usage.1 >> 20,
+                if e.ran {
+                    format!("gave back {} KiB", e.given >> 10)
+                } else {
+                    "skipped (rate limit)".into()
+                }
+            );
+        }
+    }
+    if o.pressure_every.is_some() {
+        println!("  the kernel's own pressure signal: {}", ctxalloc::pressure::status());
+    }
+    println!("  verification: {} blocks read back, {} lost", r.checked, r.lost);
+    println!("{}", ctxalloc::stats());
+    if r.lost != 0 {
+        eprintln!("blockcache: {} writes were lost", r.lost);
+        std::process::exit(1);
     }
 }

@@ -77,6 +77,8 @@ pub enum CgroupErrorKind {
     Malformed,
     /// A file could not be read.
     Unreadable,
+    /// The limit it gives is below [`MIN_LIMIT`](crate::MIN_LIMIT).
+    TooSmall,
 }
 
 /// Why no cgroup limit could be had, with the file or directory concerned; `Display` is one
@@ -90,11 +92,13 @@ pub struct CgroupError {
     detail: [u8; 24],
     detail_len: usize,
     errno: i32,
+    /// A TooSmall limit.
+    limit: usize,
 }
 
 impl CgroupError {
     fn new(kind: CgroupErrorKind, path: &StackPath) -> CgroupError {
-        CgroupError { kind, path: *path, detail: [0; 24], detail_len: 0, errno: 0 }
+        CgroupError { kind, path: *path, detail: [0; 24], detail_len: 0, errno: 0, limit: 0 }
     }
 
     fn malformed(path: &StackPath, content: &[u8]) -> CgroupError {
@@ -148,6 +152,9 @@ impl fmt::Display for CgroupError {
                 write!(f, "cannot read {p} (errno {})", self.errno)
             }
             CgroupErrorKind::Unreadable => write!(f, "cannot read {p} (too long)"),
+            CgroupErrorKind::TooSmall => {
+                write!(f, "{}", ctxalloc_core::LimitError { limit: self.limit, min: crate::MIN_LIMIT })
+            }
         }
     }
 }
@@ -578,7 +585,12 @@ impl Cgroups {
             }
             (Err(e), _) => return Err(e),
         };
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if limit < crate::MIN_LIMIT {
+            let mut e = CgroupError::new(CgroupErrorKind::TooSmall, &StackPath::new());
+            e.limit = limit;
+            return Err(e);
+        }
         Ok(Resolved { limit, origin: ctxalloc_core::LimitOrigin::new(text.as_str()) })
     }
 }
@@ -617,7 +629,7 @@ fn following() -> Option<AutoLimit> {
 ///     Ok(limit) => println!("limit {limit} bytes: {}", ctxalloc::stats().limit_origin.as_str()),
 ///     Err(e) => println!("no container limit: {e}"),
 /// }
-/// ctxalloc::set_limit(None);
+/// ctxalloc::remove_limit();
 /// ```
 pub fn set_limit_from_cgroup(how: AutoLimit) -> Result<usize, CgroupError> {
     let r = Cgroups::system().resolve(how)?;
@@ -629,7 +641,8 @@ pub fn set_limit_from_cgroup(how: AutoLimit) -> Result<usize, CgroupError> {
 
 fn apply(how: AutoLimit, r: &Resolved) {
     FOLLOWING.store(encode(how), std::sync::atomic::Ordering::SeqCst);
-    crate::CORE.set_limit_from(Some(r.limit), r.origin());
+    // `resolve` refused a limit below MIN_LIMIT: this one is accepted.
+    let _ = crate::CORE.set_limit_from(r.limit, r.origin());
 }
 
 /// `CTXALLOC_LIMIT=auto` or `=N%`, at the first allocation (nothing allocates here): sets the
