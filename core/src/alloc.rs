@@ -1115,9 +1115,7 @@ impl<P: Platform> Core<P> {
     /// [`set_limit`](Self::set_limit), saying where the limit came from (shown by
     /// [`stats`](Self::stats); see [`LimitOrigin`](crate::LimitOrigin)).
     pub fn set_limit_from(&self, bytes: usize, origin: &str) -> Result<(), LimitError> {
-        if bytes < Self::MIN_LIMIT {
-            return Err(LimitError { limit: bytes, min: Self::MIN_LIMIT });
-        }
+        LimitError::check(bytes, Self::MIN_LIMIT)?;
         self.install_limit(Some(bytes), origin);
         Ok(())
     }

@@ -134,6 +134,18 @@ impl core::fmt::Display for LimitError {
     }
 }
 
+impl LimitError {
+    /// `Ok` if `limit` is at least `min`, else the error that says so: the one check behind
+    /// every way of setting a limit.
+    pub const fn check(limit: usize, min: usize) -> Result<(), LimitError> {
+        if limit < min {
+            Err(LimitError { limit, min })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl core::error::Error for LimitError {}
 
 /// Usage against the limit, for failure reports: `usage 12 KiB of limit 400 KiB, 200 KiB of it

@@ -4,6 +4,7 @@
 //! A scope's cookie is a `uint64_t` ([`Cookie::into_raw`]); flag values are [`Gfp`]'s bits
 //! (the header's `CTXALLOC_*` constants; a test checks they agree).
 
+use crate::malloc::set_errno;
 use core::ffi::{c_char, c_int, c_void, CStr};
 use ctxalloc::{Cookie, Gfp, ReclaimClass, ScanResult, ShrinkControl, Shrinker, ShrinkerHandle};
 use std::fmt::Write;
@@ -76,11 +77,6 @@ fn alloc_gfp(size: usize, align: usize, gfp: Gfp) -> *mut c_void {
     }
 }
 
-fn set_errno(e: c_int) {
-    // SAFETY: the calling thread's errno location.
-    unsafe { *libc::__errno_location() = e };
-}
-
 /// `ctxalloc_malloc_gfp(size, gfp)`: `malloc` with per-call flags united with the context
 /// (`CTXALLOC_ZERO`, `CTXALLOC_NOWARN`, `CTXALLOC_MAYFAIL`…); free it with `free`.
 #[no_mangle]
@@ -127,16 +123,8 @@ pub unsafe extern "C" fn ctxalloc_realloc_gfp(p: *mut c_void, size: usize, gfp: 
         unsafe { ctxalloc::kfree(p.cast()) };
         return std::ptr::null_mut();
     }
-    if size > isize::MAX as usize - ctxalloc::MIN_ALIGN {
-        set_errno(libc::ENOMEM);
-        return std::ptr::null_mut();
-    }
-    // SAFETY: a live block (or a foreign pointer, reported); the size is bounded above.
-    let q = unsafe { ctxalloc::krealloc(p.cast(), size, Gfp::from_bits_truncate(gfp)) };
-    if q.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    q.cast()
+    // SAFETY: forwarded contract.
+    unsafe { crate::malloc::resize(p, size, Gfp::from_bits_truncate(gfp)) }
 }
 
 /// `ctxalloc_set_limit(bytes)`: a memory limit; 0 removes it. Returns 0, or `EINVAL` (and

@@ -19,7 +19,7 @@ const PAGE: usize = 4096;
 
 static ALLOC: ctxalloc::CtxAlloc = ctxalloc::CtxAlloc::new();
 
-fn set_errno(e: i32) {
+pub(crate) fn set_errno(e: i32) {
     // SAFETY: the calling thread's errno location.
     unsafe { *libc::__errno_location() = e };
 }
@@ -125,12 +125,23 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     count();
+    // SAFETY: forwarded contract.
+    unsafe { resize(p, size, ctxalloc::Gfp::KERNEL) }
+}
+
+/// What `realloc` and `ctxalloc_realloc_gfp` do to a live block for a non-zero size: resized
+/// in the context `gfp` adds to, or null, `ENOMEM` and `p` untouched.
+///
+/// # Safety
+/// `p` is a live block from this allocator (a foreign pointer is reported).
+#[inline]
+pub(crate) unsafe fn resize(p: *mut c_void, size: usize, gfp: ctxalloc::Gfp) -> *mut c_void {
     if size > isize::MAX as usize - MALLOC_ALIGN {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
     // SAFETY: a live block (or a foreign pointer, reported); the size is bounded above.
-    let q = unsafe { ctxalloc::krealloc(p.cast(), size, ctxalloc::Gfp::KERNEL) };
+    let q = unsafe { ctxalloc::krealloc(p.cast(), size, gfp) };
     if q.is_null() {
         set_errno(libc::ENOMEM);
     }

@@ -29,9 +29,8 @@ use std::sync::Arc;
 /// ctxalloc::remove_limit();
 /// ```
 pub fn set_limit(bytes: usize) -> Result<(), LimitError> {
-    if bytes < MIN_LIMIT {
-        return Err(LimitError { limit: bytes, min: MIN_LIMIT });
-    }
+    // Refused before anything changes (the cgroup is still followed, no thread started).
+    LimitError::check(bytes, MIN_LIMIT)?;
     crate::container::cgroup::forget();
     crate::platform::start_background();
     CORE.set_limit(bytes)

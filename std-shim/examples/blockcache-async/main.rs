@@ -24,7 +24,7 @@ mod cli;
 mod engine;
 
 use clap::Parser;
-use cli::{mib, LimitArg, RunArgs};
+use cli::{mib, LimitArg, Outcome, RunArgs};
 use engine::{Failure, Options, Report};
 
 #[global_allocator]
@@ -122,17 +122,17 @@ fn text(r: &Report) {
         100.0 * r.hits as f64 / r.ops.max(1) as f64,
         r.hops,
     );
-    println!(
-        "  peak usage {}{}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; short of \
-         memory, {} inserts recycled a buffer and {} writes went through",
-        mib(r.peak),
-        r.limit.map_or(", no limit".into(), |l| format!(" of a {} limit", mib(l))),
-        r.evicted,
-        r.written_back,
-        r.flushed,
-        r.recycled,
-        r.written_through,
-    );
+    let outcome = Outcome {
+        peak: r.peak,
+        limit: r.limit,
+        asked: None,
+        evicted: r.evicted,
+        written_back: r.written_back,
+        flushed: r.flushed,
+        recycled: r.recycled,
+        written_through: r.written_through,
+    };
+    println!("{outcome}");
     println!("  verification: {} blocks read back, {} lost", r.checked, r.lost);
     println!("{}", ctxalloc::stats());
     if r.lost != 0 {

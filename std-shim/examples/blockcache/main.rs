@@ -32,7 +32,7 @@ mod cli;
 mod engine;
 
 use clap::Parser;
-use cli::{mib, LimitArg, RunArgs};
+use cli::{mib, LimitArg, Outcome, RunArgs};
 use engine::{Failure, Options, Report};
 
 #[global_allocator]
@@ -188,23 +188,17 @@ fn text(o: &Options, r: &Report) {
         r.seconds,
         100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64
     );
-    let raised = match (o.limit, r.limit) {
-        (Some(asked), Some(had)) if had != asked => {
-            format!(" (raised from the {} asked: the usage at the start plus 8 MiB)", mib(asked))
-        }
-        _ => String::new(),
+    let outcome = Outcome {
+        peak: r.peak,
+        limit: r.limit,
+        asked: o.limit,
+        evicted: r.evicted,
+        written_back: r.written_back,
+        flushed: r.flushed,
+        recycled: r.recycled,
+        written_through: r.written_through,
     };
-    println!(
-        "  peak usage {}{}{raised}; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; \
-         short of memory, {} inserts recycled a buffer and {} writes went through",
-        mib(r.peak),
-        r.limit.map_or(", no limit".into(), |l| format!(" of a {} limit", mib(l))),
-        r.evicted,
-        r.written_back,
-        r.flushed,
-        r.recycled,
-        r.written_through
-    );
+    println!("{outcome}");
     if !r.pressure.is_empty() {
         println!("  pressure events (cache and write-back blocks, usage: before → after the pass):");
         for e in &r.pressure {

@@ -23,10 +23,10 @@ impl LimitArg {
         }
         match parse_limit(v) {
             Ok(None) => Ok(LimitArg::None),
-            Ok(Some(b)) if b < ctxalloc::MIN_LIMIT => {
-                Err(ctxalloc::LimitError { limit: b, min: ctxalloc::MIN_LIMIT }.to_string())
-            }
-            Ok(Some(b)) => Ok(LimitArg::Bytes(b)),
+            Ok(Some(b)) => match ctxalloc::LimitError::check(b, ctxalloc::MIN_LIMIT) {
+                Ok(()) => Ok(LimitArg::Bytes(b)),
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(format!("{e}; expected {SIZE_SYNTAX}, none, auto or a percentage")),
         }
     }
@@ -59,6 +59,39 @@ impl RunArgs {
     /// Whether to draw the progress line (never with `--json` or `--quiet`).
     pub fn progress(&self) -> bool {
         !self.quiet && !self.json
+    }
+}
+
+/// The line both jobs print at the end: peak usage against the limit, and what reclaim and
+/// memory shortage did.
+pub struct Outcome {
+    pub peak: usize,
+    pub limit: Option<usize>,
+    /// The limit asked for, if the engine raised it (to the usage at the start plus 8 MiB).
+    pub asked: Option<usize>,
+    pub evicted: u64,
+    pub written_back: u64,
+    pub flushed: u64,
+    pub recycled: u64,
+    pub written_through: u64,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "  peak usage {}", mib(self.peak))?;
+        match self.limit {
+            Some(l) => write!(f, " of a {} limit", mib(l))?,
+            None => write!(f, ", no limit")?,
+        }
+        if let Some(asked) = self.asked.filter(|&a| Some(a) != self.limit) {
+            write!(f, " (raised from the {} asked: the usage at the start plus 8 MiB)", mib(asked))?;
+        }
+        write!(
+            f,
+            "; reclaim evicted {} blocks and wrote back {}, the flusher wrote {}; short of memory, {} inserts \
+             recycled a buffer and {} writes went through",
+            self.evicted, self.written_back, self.flushed, self.recycled, self.written_through
+        )
     }
 }
 

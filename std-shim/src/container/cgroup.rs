@@ -586,7 +586,7 @@ impl Cgroups {
             (Err(e), _) => return Err(e),
         };
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        if limit < crate::MIN_LIMIT {
+        if ctxalloc_core::LimitError::check(limit, crate::MIN_LIMIT).is_err() {
             let mut e = CgroupError::new(CgroupErrorKind::TooSmall, &StackPath::new());
             e.limit = limit;
             return Err(e);
