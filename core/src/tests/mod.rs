@@ -656,6 +656,9 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
     assert!(calls as u64 * 1_000_000 >= crate::PURGE_DELAY_NS / 2, "purged after {calls} ms");
     let s = core.stats();
     assert!(s.usage <= SLICE_SIZE, "usage {} after the purge\n{s}", s.usage);
+    // The statistics say who gave it back: idle purges, every byte of it.
+    assert!(s.aged_purges >= 1, "{s}");
+    assert_eq!(s.aged_purged_bytes, (dirty - s.usage) as u64, "{s}");
 }
 
 #[test]
