@@ -1032,10 +1032,28 @@ impl<P: Platform> Core<P> {
         self.thread().scope.current()
     }
 
-    /// The effective context an allocation with `call` flags would have here.
+    /// The effective context an allocation with `call` flags would have here: the call's
+    /// flags, the context word, and [`Gfp::ATOMIC`] if the platform reports atomic context.
+    ///
+    /// ```
+    /// use ctxalloc_core::{mock::MockPlatform, Core, Gfp};
+    /// let core = Core::new(MockPlatform::new(4 << 20));
+    /// assert!(core.effective(Gfp::KERNEL).may_reclaim());
+    /// core.platform().set_in_atomic(true); // an interrupt handler, say
+    /// let e = core.effective(Gfp::KERNEL);
+    /// assert!(!e.may_reclaim() && !e.may_wait() && e.gfp().contains(Gfp::HIGH));
+    /// ```
     #[inline]
     pub fn effective(&self, call: Gfp) -> Effective {
-        Effective::new(call, self.current())
+        self.effective_of(call, self.thread())
+    }
+
+    /// [`effective`](Self::effective) for the thread context `t` (the caller's). Read on slow
+    /// paths only: the fast path never asks the context word, nor the platform.
+    #[inline]
+    pub(crate) fn effective_of(&self, call: Gfp, t: &ThreadCtx) -> Effective {
+        let call = if self.platform.in_atomic() { call | Gfp::ATOMIC } else { call };
+        Effective::new(call, t.scope.current())
     }
 
     /// Opens a scope on the calling thread (see [`ScopeState::save`](crate::ScopeState::save)).

@@ -25,7 +25,7 @@ use core::ops::{BitAnd, BitOr, BitOrAssign, Not, Sub};
 pub struct Gfp(u32);
 
 /// Names of the bits, in bit order, for `Display`.
-const NAMES: [(Gfp, &str); 11] = [
+const NAMES: [(Gfp, &str); 12] = [
     (Gfp::NOFS, "NOFS"),
     (Gfp::NOIO, "NOIO"),
     (Gfp::NORECLAIM, "NORECLAIM"),
@@ -37,6 +37,7 @@ const NAMES: [(Gfp, &str); 11] = [
     (Gfp::NOMEMALLOC, "NOMEMALLOC"),
     (Gfp::NOWARN, "NOWARN"),
     (Gfp::ZERO, "ZERO"),
+    (Gfp::HIGH, "HIGH"),
 ];
 
 impl Gfp {
@@ -72,6 +73,10 @@ impl Gfp {
     pub const NOWARN: Gfp = Gfp(1 << 11);
     /// Return zeroed memory (`__GFP_ZERO`).
     pub const ZERO: Gfp = Gfp(1 << 12);
+    /// High priority (`__GFP_HIGH`): may use a quarter of the emergency reserve, below the
+    /// plain watermark and above NOFAIL's half and MEMALLOC's whole. What an allocation in
+    /// atomic context gets without asking ([`Gfp::ATOMIC`]).
+    pub const HIGH: Gfp = Gfp(1 << 13);
 
     // --- the kernel's composite masks, in restriction form (R5.13) -------------------------
     /// `GFP_NOFS`: may reclaim and do I/O, but not enter the filesystem.
@@ -80,11 +85,16 @@ impl Gfp {
     pub const GFP_NOIO: Gfp = Gfp(Gfp::NOIO.0 | Gfp::NOFS.0);
     /// `GFP_NOWAIT`: no direct reclaim, no report.
     pub const GFP_NOWAIT: Gfp = Gfp(Gfp::NORECLAIM.0 | Gfp::NOWARN.0);
+    /// `GFP_ATOMIC`: no reclaim, no waiting, a quarter of the reserve. Every allocation made
+    /// while the platform reports atomic context ([`Platform::in_atomic`](crate::Platform::in_atomic):
+    /// an interrupt handler, preemption held off) gets these bits added to its call's flags,
+    /// so `Vec::push` in an interrupt handler neither sleeps nor reclaims.
+    pub const ATOMIC: Gfp = Gfp(Gfp::NORECLAIM.0 | Gfp::HIGH.0);
 
     /// The bits a scope (`memalloc_flags_save`) may set in the context word.
     pub const SCOPE_MASK: Gfp = Gfp(0x3f);
     /// Every defined bit.
-    pub const ALL: Gfp = Gfp(0x3f | 0x1f00);
+    pub const ALL: Gfp = Gfp(0x3f | 0x3f00);
 
     /// The raw bits.
     #[inline]
@@ -228,6 +238,8 @@ pub enum ReclaimClass {
 pub enum Reserve {
     /// Stop at `limit − reserve`.
     None,
+    /// HIGH (atomic context): up to a quarter of the reserve.
+    Quarter,
     /// NOFAIL: up to half of the reserve.
     Half,
     /// MEMALLOC: all of it.
@@ -345,7 +357,8 @@ impl Effective {
     }
 
     /// How much of the emergency reserve this allocation may use: NOMEMALLOC beats everything
-    /// (R5.4), MEMALLOC takes all of it, NOFAIL half — all of it after it had to wait.
+    /// (R5.4), MEMALLOC takes all of it, NOFAIL half — all of it after it had to wait —, HIGH
+    /// (atomic context) a quarter.
     #[inline]
     pub const fn reserve(self) -> Reserve {
         if self.gfp.contains(Gfp::NOMEMALLOC) {
@@ -354,6 +367,8 @@ impl Effective {
             Reserve::Full
         } else if self.gfp.contains(Gfp::NOFAIL) {
             Reserve::Half
+        } else if self.gfp.contains(Gfp::HIGH) {
+            Reserve::Quarter
         } else {
             Reserve::None
         }
@@ -382,7 +397,7 @@ mod tests {
         // Checklist 1: for every call mask and context word, the effective set of restrictions
         // contains the call's restrictions (minus NOFAIL overrides) and the context's.
         // Every combination natively; a spread sample under miri.
-        for call in (0..(1u32 << 13)).step_by(if cfg!(miri) { 61 } else { 1 }) {
+        for call in (0..(1u32 << 14)).step_by(if cfg!(miri) { 61 } else { 1 }) {
             let call = Gfp::from_bits_truncate(call);
             for ctx in 0..32u32 {
                 let ctx = Gfp::from_bits_truncate(ctx);
@@ -420,6 +435,17 @@ mod tests {
         assert_eq!(Effective::new(Gfp::NOFAIL, Gfp::KERNEL).reserve(), Reserve::Half);
         assert_eq!(Effective::new(Gfp::KERNEL, Gfp::MEMALLOC).reserve(), Reserve::Full);
         assert_eq!(Effective::new(Gfp::NOMEMALLOC, Gfp::MEMALLOC).reserve(), Reserve::None);
+        assert_eq!(Effective::new(Gfp::ATOMIC, Gfp::KERNEL).reserve(), Reserve::Quarter);
+        assert_eq!(Effective::new(Gfp::ATOMIC, Gfp::MEMALLOC).reserve(), Reserve::Full);
+        assert_eq!(Effective::new(Gfp::ATOMIC | Gfp::NOMEMALLOC, Gfp::KERNEL).reserve(), Reserve::None);
+    }
+
+    #[test]
+    fn atomic_neither_reclaims_nor_waits_nor_loops() {
+        let e = Effective::new(Gfp::ATOMIC, Gfp::NOFAIL | Gfp::NOFS);
+        assert!(!e.may_reclaim() && !e.may_wait() && !e.nofail());
+        assert!(e.nofail_denied(), "NOFAIL in atomic context is reported once and failed");
+        assert!(e.gfp().contains(Gfp::NOFS | Gfp::HIGH));
     }
 
     #[test]

@@ -181,12 +181,14 @@ impl Accounting {
     }
 
     /// The highest usage a context may charge to: plain requests stop at `limit − reserve`;
-    /// NOFAIL may use half the reserve, MEMALLOC all of it, NOMEMALLOC none (DESIGN.md).
+    /// HIGH (atomic context) may use a quarter of the reserve, NOFAIL half, MEMALLOC all of it,
+    /// NOMEMALLOC none (DESIGN.md).
     #[inline]
     fn ceiling(limit: usize, level: Reserve) -> usize {
         let r = emergency_reserve(limit);
         match level {
             Reserve::None => limit - r,
+            Reserve::Quarter => limit - r + r / 4,
             Reserve::Half => limit - r / 2,
             Reserve::Full => limit,
         }

@@ -140,6 +140,18 @@ pub unsafe trait Platform: Sync {
         self.thread()
     }
 
+    /// Whether the calling CPU is in atomic context — an interrupt handler, or preemption held
+    /// off by the code that called the allocator (the count a kernel keeps in `preempt_count`;
+    /// not the allocator's own `enter`/`leave`). There every allocation's slow path adds
+    /// [`Gfp::ATOMIC`](crate::Gfp::ATOMIC) to the call's flags: no direct reclaim, no waiting, no
+    /// NOFAIL loop (reported once and failed), a quarter of the emergency reserve; a mempool
+    /// hands out a reserved element or nothing. Asked only on slow paths, never by the fast
+    /// path; must not allocate nor call into the core. The default is never.
+    #[inline]
+    fn in_atomic(&self) -> bool {
+        false
+    }
+
     /// Called once on a thread when it first gets a heap: register whatever will call
     /// [`Core::thread_exit`](crate::Core::thread_exit) when the thread ends.
     fn thread_attached(&self) {}

@@ -325,6 +325,42 @@ impl ScopeState {
         old
     }
 
+    /// Moves every open scope — the cookie scopes' word, the lock-tied holds and (debug builds)
+    /// the open scopes' records — into `to`, leaving this state empty; what `to` held before is
+    /// overwritten. A kernel whose context words live per CPU moves the running task's scopes
+    /// out of the CPU's state into the task at a context switch, and the next task's in.
+    ///
+    /// ```
+    /// use ctxalloc_core::{Gfp, ScopeState};
+    /// let (cpu, task) = (ScopeState::new(), ScopeState::new());
+    /// let c = cpu.save(Gfp::NOFS, core::panic::Location::caller());
+    /// cpu.hold(Gfp::NOIO);
+    /// cpu.move_to(&task); // switched out
+    /// assert_eq!(cpu.current(), Gfp::KERNEL);
+    /// assert_eq!(task.current(), Gfp::NOFS | Gfp::NOIO);
+    /// task.move_to(&cpu); // switched in again, perhaps on another CPU
+    /// cpu.release(Gfp::NOIO);
+    /// cpu.restore(c, |_| unreachable!("the scope's record moved with it"));
+    /// assert_eq!(cpu.current(), Gfp::KERNEL);
+    /// ```
+    pub fn move_to(&self, to: &ScopeState) {
+        let changed = self.current().bits() | to.current().bits();
+        to.word.set(self.word.replace(0));
+        for (from, into) in self.holds.iter().zip(&to.holds) {
+            into.set(from.replace(0));
+        }
+        to.held.set(self.held.replace(0));
+        #[cfg(debug_assertions)]
+        {
+            to.depth.set(self.depth.replace(0));
+            for (from, into) in self.frames.iter().zip(&to.frames) {
+                into.set(from.replace(Frame::NONE));
+            }
+        }
+        self.sync_armed(changed);
+        to.sync_armed(changed);
+    }
+
     /// The debugging hooks armed on this thread (`debug::ARM_*`).
     #[cfg(feature = "hooks")]
     #[inline(always)]

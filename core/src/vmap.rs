@@ -190,7 +190,7 @@ impl<P: Platform> Core<P> {
         self.start_background_if_wanted();
         // SAFETY: the platform hands out the calling thread's context.
         let t = unsafe { &*self.platform.thread() };
-        let eff = Effective::new(call, t.scope.current());
+        let eff = self.effective_of(call, t);
         let align = layout.align().max(P::PAGE_SIZE);
         let Some(len) = page_round(layout.size(), P::PAGE_SIZE).filter(|&l| l <= isize::MAX as usize - align)
         else {
@@ -547,7 +547,7 @@ impl<P: Platform> Core<P> {
         } else {
             // SAFETY: the platform hands out the calling thread's context.
             let t = unsafe { &*self.platform.thread() };
-            let eff = Effective::new(call, t.scope.current());
+            let eff = self.effective_of(call, t);
             let grow = new_len.saturating_sub(old_len);
             if grow == 0 || self.charge(grow, eff) {
                 // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded.

@@ -1,7 +1,8 @@
 //! # ctxalloc-kernel
 //!
 //! ctxalloc for `no_std` kernels, firmware and bare metal: the same core as the std shim, with
-//! per-CPU (or per-task) context words and a static memory region as the page source.
+//! per-CPU heaps, context words per CPU or per task, and a static memory region as the page
+//! source.
 //!
 //! What an embedder writes:
 //!
@@ -33,6 +34,11 @@
 //! # }
 //! ```
 //!
+//! In a preemptive kernel the context belongs to the task: give each task a [`TaskContext`] and
+//! call [`KernelAlloc::switch_task`] from the context switch; report interrupt nesting through
+//! [`Platform::in_atomic`], and allocations in interrupt handlers become `GFP_ATOMIC` by
+//! themselves ([`Platform`] has the protocol, with the lines an embedder writes).
+//!
 //! The page source is `linked_list_allocator` behind a `spin` lock over the region, handing out
 //! page-aligned spans; the core's slab sits on top with per-CPU heaps and lock-free cross-CPU
 //! frees, so that lock is off the fast path. Scopes, reclaim (shrinkers, with the region's size
@@ -50,14 +56,19 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod platform;
+mod pool;
 mod region;
+mod task;
 
 pub use ctxalloc_core::{
-    emergency_reserve, AllocError, Cookie, Core, Effective, Gfp, Mempool, PoolBox, ReclaimClass, ScanResult,
-    ScopedSpinLock, ShrinkControl, Shrinker, ShrinkerId, Stats, ThreadCtx, SEGMENT_SIZE,
+    emergency_reserve, AllocError, ContextHolder, Cookie, Core, Effective, Gfp, Mempool, PoolBox,
+    ReclaimClass, ScanResult, ScopedSpinLock, ShrinkControl, Shrinker, ShrinkerId, Stats, ThreadCtx,
+    SEGMENT_SIZE,
 };
 pub use platform::{PerCpu, Platform};
+pub use pool::KernelMempool;
 pub use region::{Region, PAGE};
+pub use task::TaskContext;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::panic::Location;
@@ -108,7 +119,7 @@ impl<P: Platform> KernelAlloc<P> {
 
     /// Runs `f` between the platform's `enter` and `leave`.
     #[inline(always)]
-    fn on_cpu<'a, R>(&'a self, f: impl FnOnce(&'a Core<Region<P>>) -> R) -> R {
+    pub(crate) fn on_cpu<'a, R>(&'a self, f: impl FnOnce(&'a Core<Region<P>>) -> R) -> R {
         let p = self.core.platform().platform();
         let token = p.enter();
         let r = f(&self.core);
@@ -161,21 +172,75 @@ impl<P: Platform> KernelAlloc<P> {
         self.on_cpu(|c| unsafe { c.krealloc(ptr, new_size, gfp) })
     }
 
-    /// This CPU's (task's) context word.
+    /// The running task's (this CPU's) context word.
     pub fn current(&self) -> Gfp {
-        self.core.current()
+        self.on_cpu(|c| c.current())
+    }
+
+    /// Whether this CPU is in atomic context now ([`Platform::in_atomic`]): what allocations
+    /// made here get ([`Gfp::ATOMIC`] added) follows from it.
+    pub fn in_atomic(&self) -> bool {
+        self.core.platform().platform().in_atomic()
     }
 
     /// Opens a scope (the kernel's `memalloc_flags_save`); restore it with
-    /// [`memalloc_flags_restore`](Self::memalloc_flags_restore), innermost first.
+    /// [`memalloc_flags_restore`](Self::memalloc_flags_restore), innermost first. The scope
+    /// belongs to the running task: it moves with the task at [`switch_task`](Self::switch_task).
     #[track_caller]
     pub fn memalloc_flags_save(&self, flags: Gfp) -> Cookie {
-        self.core.scope_save(flags, Location::caller())
+        let at = Location::caller();
+        // Between enter and leave: a preemption in the middle of the word's update would move
+        // a half-written word to the task and write the rest into the next task's.
+        self.on_cpu(|c| c.scope_save(flags, at))
     }
 
     /// Closes a scope.
     pub fn memalloc_flags_restore(&self, cookie: Cookie) {
-        self.core.scope_restore(cookie);
+        self.on_cpu(|c| c.scope_restore(cookie));
+    }
+
+    /// The context switch's part of the allocator, for kernels whose context belongs to the
+    /// task (see [`TaskContext`]): moves the scopes of `prev` (the task leaving this CPU) from
+    /// the CPU into `prev`, and those of `next` (the task about to run here) from `next` into
+    /// the CPU. Call it on the switching CPU before it runs `next`'s code, with preemption held
+    /// off (the scheduler's own critical section; it also runs between the platform's `enter`
+    /// and `leave`). It allocates nothing and takes no lock. `prev` and `next` may be the same
+    /// task (a switch to itself keeps its scopes).
+    ///
+    /// ```
+    /// # use ctxalloc_kernel::*;
+    /// # struct M; static CPUS: PerCpu<1> = PerCpu::new();
+    /// # unsafe impl Platform for M {
+    /// #     fn context(&self) -> *const ThreadCtx { CPUS.get(0) }
+    /// #     fn now_ns(&self) -> u64 { 0 }
+    /// #     fn report(&self, _: &str) {}
+    /// # }
+    /// # static HEAP: KernelAlloc<M> = KernelAlloc::new(M);
+    /// static A: TaskContext = TaskContext::new();
+    /// static B: TaskContext = TaskContext::new();
+    /// // Task A runs and opens a scope …
+    /// let cookie = HEAP.memalloc_nofs_save();
+    /// HEAP.switch_task(&A, &B); // … and is preempted: B runs, unrestricted
+    /// assert_eq!(HEAP.current(), Gfp::KERNEL);
+    /// assert_eq!(A.saved(), Gfp::NOFS);
+    /// HEAP.switch_task(&B, &A); // A resumes (on this CPU or another): still NOFS
+    /// assert_eq!(HEAP.current(), Gfp::NOFS);
+    /// HEAP.memalloc_flags_restore(cookie);
+    /// ```
+    pub fn switch_task(&self, prev: &TaskContext, next: &TaskContext) {
+        if core::ptr::eq(prev, next) {
+            return;
+        }
+        self.on_cpu(|_| {
+            // SAFETY: the platform's contract hands out this CPU's context, used by this CPU
+            // only between enter and leave.
+            let cpu = unsafe { &*self.core.platform().platform().context() }.scope();
+            // SAFETY: this CPU is the one switching both tasks (the caller's protocol).
+            unsafe {
+                cpu.move_to(prev.state());
+                next.state().move_to(cpu);
+            }
+        });
     }
 
     /// `memalloc_nofs_save()`.
@@ -217,18 +282,36 @@ impl<P: Platform> KernelAlloc<P> {
         unsafe { self.core.unregister_shrinker(id) };
     }
 
-    /// A mempool of `min_nr` elements of `layout` over this allocator.
+    /// A mempool of `min_nr` elements of `layout` over this allocator, whose calls run between
+    /// the platform's `enter` and `leave` like every other entry point.
     ///
     /// # Errors
     /// [`AllocError`] if the preallocation fails.
     #[track_caller]
-    pub fn mempool(&self, layout: Layout, min_nr: usize) -> Result<Mempool<'_, Region<P>>, AllocError> {
-        self.on_cpu(|c| Mempool::new(c, layout, min_nr))
+    pub fn mempool(&self, layout: Layout, min_nr: usize) -> Result<KernelMempool<'_, P>, AllocError> {
+        KernelMempool::new(self, layout, min_nr)
     }
 
     /// A snapshot of the allocator's state.
     pub fn stats(&self) -> Stats {
         self.core.stats()
+    }
+}
+
+// SAFETY: `hold`/`release` touch only the running task's scopes in this CPU's context, between
+// enter and leave (so a preemption cannot split the update); they never allocate nor unwind.
+unsafe impl<P: Platform> ContextHolder for KernelAlloc<P> {
+    #[inline]
+    fn hold(&self, flags: Gfp) {
+        self.on_cpu(|c| c.scope_hold(flags));
+    }
+    #[inline]
+    fn release(&self, flags: Gfp) {
+        self.on_cpu(|c| c.scope_release(flags));
+    }
+    #[inline]
+    fn relax(&self) {
+        self.core.platform().platform().relax();
     }
 }
 

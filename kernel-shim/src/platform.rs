@@ -9,16 +9,50 @@ use ctxalloc_core::ThreadCtx;
 ///
 /// # Where the context word lives
 ///
-/// The core keeps, per CPU (or per task), a [`ThreadCtx`]: the heap the fast path pops from and
-/// the context word scopes set. [`context`](Platform::context) returns the calling CPU's (or
-/// task's) one:
+/// The core keeps, per CPU, a [`ThreadCtx`]: the heap the fast path pops from and the context
+/// word of the code running there. [`context`](Platform::context) returns the calling CPU's,
+/// typically from a [`PerCpu`] array indexed by the CPU id. Two modes:
 ///
-/// * a **non-preemptive kernel, or one that holds preemption off** around allocator calls
-///   ([`enter`](Platform::enter) / [`leave`](Platform::leave)): a [`PerCpu`] array indexed by the
-///   CPU id. The context word is then per CPU, as the kernel's `PF_MEMALLOC_*` bits are per task:
-///   a scope must not be held across a point where the task can move to another CPU.
-/// * a **preemptive kernel with task-local storage**: a `ThreadCtx` in each task, handed over by
-///   `context`; `enter`/`leave` may then do nothing.
+/// * **Per CPU** (a kernel that never preempts a task inside a scope): the scopes are the
+///   CPU's. Nothing else to do.
+/// * **Per task** (a preemptive kernel — the Linux model, where `current->flags` carries the
+///   scope): the heaps stay per CPU, the scopes belong to the task. Each task control block holds
+///   a [`TaskContext`](crate::TaskContext), and the context switch calls
+///   [`KernelAlloc::switch_task`](crate::KernelAlloc::switch_task)`(prev, next)` before it
+///   runs `next`: the CPU's scopes move into `prev`'s `TaskContext`, `next`'s move into the CPU.
+///   The allocator reads and writes the word only between `enter` and `leave`, so it never
+///   keeps a task's word across a point where a switch can happen; a task resumed on another
+///   CPU finds its scopes there. Scopes, scoped locks and mempools work the same in both modes.
+///
+/// ```text
+/// fn context_switch(prev: &Task, next: &Task) {        // preemption is off here
+///     HEAP.switch_task(&prev.alloc_ctx, &next.alloc_ctx); // one line per allocator
+///     switch_stacks(prev, next);
+/// }
+/// ```
+///
+/// # Interrupts and atomic context
+///
+/// `enter` must hold off preemption **and every interrupt handler that allocates** on this CPU
+/// until the matching `leave` (on a simple kernel: clear the interrupt-enable bit and restore
+/// it). The per-CPU heap is then never seen half-updated by a handler on the same CPU, and no
+/// handler spins on an allocator lock its own CPU holds. An interrupt that arrives meanwhile is
+/// taken right after `leave`.
+///
+/// [`in_atomic`](Platform::in_atomic) reports atomic context — interrupt nesting, or preemption
+/// held off by the caller: a count the embedder keeps. There every allocation is `GFP_ATOMIC`
+/// without a flag being passed: no shrinker runs, nothing waits, NOFAIL is reported once and
+/// fails, a quarter of the emergency reserve is open ([`Gfp::HIGH`](crate::Gfp::HIGH)), and a
+/// mempool hands out a reserved element or nothing. A handler's allocations carry the
+/// interrupted task's scope bits as well (as Linux's do: they can only restrict further).
+///
+/// ```text
+/// fn interrupt_entry() {                                // the CPU took an interrupt
+///     IRQ_DEPTH[cpu()] += 1;                            // in_atomic() is now true
+///     handle_irq();                                     // may allocate: GFP_ATOMIC
+///     IRQ_DEPTH[cpu()] -= 1;
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -43,6 +77,18 @@ pub unsafe trait Platform: Sync {
     #[inline(always)]
     fn leave(&self, token: usize) {
         let _ = token;
+    }
+
+    /// Whether this CPU is in atomic context: inside an interrupt handler, or with preemption
+    /// held off by the caller (a count the embedder keeps, the kernel's `preempt_count`) — not
+    /// counting the allocator's own [`enter`](Self::enter). There every allocation behaves as
+    /// [`Gfp::ATOMIC`](crate::Gfp::ATOMIC) without the caller passing it: no shrinker runs, it
+    /// never waits, NOFAIL is reported once and failed, and it may use a quarter of the
+    /// emergency reserve; a mempool returns a reserved element or nothing. Asked on slow paths
+    /// only. The default is never.
+    #[inline]
+    fn in_atomic(&self) -> bool {
+        false
     }
 
     /// A memory region to use if nothing called [`KernelAlloc::init`](crate::KernelAlloc::init)

@@ -87,6 +87,11 @@ unsafe impl<P: Platform> ctxalloc_core::Platform for Region<P> {
         self.platform.context()
     }
 
+    #[inline]
+    fn in_atomic(&self) -> bool {
+        self.platform.in_atomic()
+    }
+
     unsafe fn map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         if !self.ensure_init() {
             return None;

@@ -68,6 +68,9 @@ const char *ctxalloc_version(void);
 #define CTXALLOC_NOMEMALLOC (1u << 10) /* per call: never the emergency reserve */
 #define CTXALLOC_NOWARN     (1u << 11) /* per call: no failure report */
 #define CTXALLOC_ZERO       (1u << 12) /* per call: zeroed memory */
+#define CTXALLOC_HIGH       (1u << 13) /* per call: may use a quarter of the emergency reserve */
+/* GFP_ATOMIC: no reclaim, no waiting, a quarter of the reserve (an interrupt handler's). */
+#define CTXALLOC_ATOMIC     (CTXALLOC_NORECLAIM | CTXALLOC_HIGH)
 
 /* What a *_save returns and its *_restore takes back. */
 typedef uint64_t ctxalloc_cookie_t;

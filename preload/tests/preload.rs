@@ -148,3 +148,47 @@ fn an_unwritable_log_is_reported_and_show_stats_prints_at_exit() {
     );
     assert_eq!(stderr.matches("ctxalloc statistics").count(), 1, "{stderr}");
 }
+
+/// Every flag the header defines has the value of the library's `Gfp` constant of that name,
+/// and every `Gfp` bit has a header name: C and Rust callers pass the same bits.
+#[test]
+fn the_header_agrees_with_the_library() {
+    use ctxalloc_core::Gfp;
+    /// The value of `CTXALLOC_<name>`: `0u`, `(1u << n)`, or an or of other names.
+    fn value(header: &str, name: &str) -> Option<u32> {
+        let line = header.lines().find(|l| l.starts_with(&format!("#define CTXALLOC_{name} ")))?;
+        let expr = line.split_once(&format!("CTXALLOC_{name}"))?.1.split("/*").next()?.trim();
+        let mut v = 0;
+        for term in expr.trim_start_matches('(').trim_end_matches(')').split('|').map(str::trim) {
+            v |= match (term.strip_prefix("1u << "), term.strip_prefix("CTXALLOC_")) {
+                (Some(shift), _) => 1 << shift.parse::<u32>().ok()?,
+                (_, Some(other)) => value(header, other)?,
+                _ => term.trim_end_matches('u').parse().ok()?,
+            };
+        }
+        Some(v)
+    }
+    let header = include_str!("../include/ctxalloc.h");
+    let names = [
+        ("KERNEL", Gfp::KERNEL),
+        ("NOFS", Gfp::NOFS),
+        ("NOIO", Gfp::NOIO),
+        ("NORECLAIM", Gfp::NORECLAIM),
+        ("NOFAIL", Gfp::NOFAIL),
+        ("MEMALLOC", Gfp::MEMALLOC),
+        ("FORBID", Gfp::FORBID),
+        ("MAYFAIL", Gfp::MAYFAIL),
+        ("NORETRY", Gfp::NORETRY),
+        ("NOMEMALLOC", Gfp::NOMEMALLOC),
+        ("NOWARN", Gfp::NOWARN),
+        ("ZERO", Gfp::ZERO),
+        ("HIGH", Gfp::HIGH),
+        ("ATOMIC", Gfp::ATOMIC),
+    ];
+    let mut covered = Gfp::KERNEL;
+    for (name, gfp) in names {
+        assert_eq!(value(header, name), Some(gfp.bits()), "CTXALLOC_{name}");
+        covered |= gfp;
+    }
+    assert_eq!(covered, Gfp::ALL, "a Gfp bit without a name in the header");
+}

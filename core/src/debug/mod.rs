@@ -222,7 +222,7 @@ impl<P: Platform> Core<P> {
         let armed = t.scope.armed();
         {
             let _busy = Busy::enter(&t.debug.busy);
-            let eff = Effective::new(call, t.scope.current());
+            let eff = self.effective_of(call, t);
             if armed & ARM_FORBID != 0 && eff.gfp().contains(Gfp::FORBID) {
                 self.forbidden(size, eff);
             }

@@ -60,6 +60,8 @@ pub struct MockPlatform {
     on_background: Mutex<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
     /// What `background_if_running` answers: false stands for "no background thread runs".
     background_runs: AtomicBool,
+    /// What `in_atomic` answers, for every thread: a test's stand-in for an interrupt handler.
+    in_atomic: AtomicBool,
     /// Distinguishes mock instances in the per-thread context table.
     id: usize,
 }
@@ -123,8 +125,15 @@ impl MockPlatform {
             background_wakeups: AtomicUsize::new(0),
             on_background: Mutex::new(None),
             background_runs: AtomicBool::new(true),
+            in_atomic: AtomicBool::new(false),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Makes every thread's allocations run as in atomic context (an interrupt handler, or
+    /// preemption off) while `on`: [`Platform::in_atomic`] answers it.
+    pub fn set_in_atomic(&self, on: bool) {
+        self.in_atomic.store(on, Ordering::Relaxed);
     }
 
     /// Makes the next `n` `map` calls fail.
@@ -254,6 +263,10 @@ unsafe impl Platform for MockPlatform {
         });
         LAST.with(|l| l.set((self.id, ctx)));
         ctx
+    }
+
+    fn in_atomic(&self) -> bool {
+        self.in_atomic.load(Ordering::Relaxed)
     }
 
     /// Null until `thread` ran on this thread for this instance (and again after another

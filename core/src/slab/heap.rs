@@ -280,7 +280,7 @@ impl<P: Platform> Core<P> {
                 _ => match self.thread_attach(t, call) {
                     Ok(h) => heap = h,
                     Err(cause) => {
-                        return self.reclaim_failed(size, Effective::new(call, t.scope.current()), cause);
+                        return self.reclaim_failed(size, self.effective_of(call, t), cause);
                     }
                 },
             }
@@ -349,7 +349,7 @@ impl<P: Platform> Core<P> {
             }
             let mut attempt: Option<Attempt> = None;
             loop {
-                let eff = Effective::new(call, t.scope.current());
+                let eff = self.effective_of(call, t);
                 if let Ok(page) =
                     self.find_page(heap, class, attempt.as_ref().map_or(eff, |a| a.context(eff)), true)
                 {
@@ -675,7 +675,7 @@ impl<P: Platform> Core<P> {
     /// (`call`: a NOFAIL first allocation must not fail on its heap either — found by the `ops`
     /// fuzz target).
     pub(crate) fn thread_attach(&self, t: &ThreadCtx, call: Gfp) -> Result<*mut Heap, Cause> {
-        let heap = self.heap_acquire(Effective::new(call, t.scope.current()))?;
+        let heap = self.heap_acquire(self.effective_of(call, t))?;
         t.heap.set(heap);
         t.state.set(ThreadState::Active as u8);
         self.out("thread_attached").thread_attached();
@@ -699,7 +699,7 @@ impl<P: Platform> Core<P> {
         let zero = call.contains(Gfp::ZERO);
         let mut attempt: Option<Attempt> = None;
         loop {
-            let eff = Effective::new(call, t.scope.current());
+            let eff = self.effective_of(call, t);
             let ctx = attempt.as_ref().map_or(eff, |a| a.context(eff));
             let miss = {
                 let orphan = self.lock(&self.orphan);
@@ -723,7 +723,7 @@ impl<P: Platform> Core<P> {
             // The orphan lock is released: what is left may call out.
             match miss {
                 None => {
-                    let h = match self.heap_acquire(Effective::new(Gfp::NORECLAIM, t.scope.current())) {
+                    let h = match self.heap_acquire(self.effective_of(Gfp::NORECLAIM, t)) {
                         Ok(h) => h,
                         Err(cause) => return self.reclaim_failed(size, eff, cause),
                     };

@@ -3,8 +3,11 @@
 //! Both harts enter `_start`; hart 0 zeroes `.bss`, hands the allocator its region and releases
 //! hart 1. Then both run the suite in lock step (a barrier between tests): per-hart scopes, slab
 //! traffic with cross-hart frees, a shrinker under a small region with NOFS honoured, and a
-//! mempool both harts draw on while that region is exhausted. Each result goes to the UART; hart 0
-//! ends QEMU through the `sifive_test` device: pass, or fail with the number of failed tests.
+//! mempool both harts draw on while that region is exhausted. Then it becomes a small preemptive
+//! kernel (`sched`): timer interrupts on both harts, eight tasks on a shared run queue holding
+//! scopes across preemption and migration, interrupt handlers allocating in atomic context.
+//! Each result goes to the UART; hart 0 ends QEMU through the `sifive_test` device: pass, or
+//! fail with the number of failed tests.
 //!
 //! `cd kernel-shim/qemu && cargo run --release`
 
@@ -12,6 +15,8 @@
 #![no_main]
 
 extern crate alloc;
+
+mod sched;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -52,6 +57,12 @@ fn hart_id() -> usize {
     // SAFETY: reads a CSR, no side effects.
     unsafe { core::arch::asm!("csrr {}, mhartid", out(reg) id) };
     id
+}
+
+/// The CLINT's `mtime`: 10 MHz on `virt`.
+fn mtime() -> u64 {
+    // SAFETY: a read-only device register.
+    unsafe { (CLINT_MTIME as *const u64).read_volatile() }
 }
 
 /// The UART, one line at a time.
@@ -95,17 +106,63 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     exit(99)
 }
 
-/// The platform of both allocators' harts: no preemption, no interrupts, M-mode.
-struct Virt(&'static PerCpu<HARTS>);
+/// Writes a line to the UART if nobody is printing one, else drops it: for reports from trap
+/// handlers and tasks that must never wait for a lock a preempted task may hold.
+fn raw_print(args: fmt::Arguments<'_>) {
+    if let Some(_g) = RAW_PRINT.try_lock() {
+        let _ = Uart.write_fmt(args);
+    }
+}
 
-// SAFETY: one context per hart; nothing preempts an allocating hart (interrupts are off).
+static RAW_PRINT: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Interrupt nesting per hart: non-zero inside a trap handler. Only its own hart touches it.
+static IRQ_DEPTH: [AtomicUsize; HARTS] = [const { AtomicUsize::new(0) }; HARTS];
+/// Timer ticks that arrived while a hart was inside the allocator, taken at its `leave`.
+static HELD_OFF: AtomicUsize = AtomicUsize::new(0);
+
+fn irq_depth() -> usize {
+    IRQ_DEPTH[hart_id()].load(Ordering::Relaxed)
+}
+
+/// The platform of every allocator's harts, M-mode. Contexts are per hart; the tasks' scopes
+/// move with them at each context switch (`sched`). `enter`/`leave` hold interrupts off around
+/// every allocator call, so a timer handler that allocates never finds its hart's heap in the
+/// middle of an update, and the task is not preempted while it uses the hart's context.
+pub(crate) struct Virt(&'static PerCpu<HARTS>);
+
+// SAFETY: one context per hart, used between `enter` and `leave` with interrupts (and so
+// preemption) off on that hart; the scheduler moves the running task's scopes at each switch.
 unsafe impl Platform for Virt {
     fn context(&self) -> *const ThreadCtx {
         self.0.get(hart_id())
     }
+    #[inline(always)]
+    fn enter(&self) -> usize {
+        let old: usize;
+        // SAFETY: clears mstatus.MIE, returning the old value.
+        unsafe { core::arch::asm!("csrrci {}, mstatus, 8", out(reg) old) };
+        old & 8
+    }
+    #[inline(always)]
+    fn leave(&self, token: usize) {
+        if token != 0 {
+            let pending: usize;
+            // SAFETY: reads mip, then sets mstatus.MIE again (it was set at the `enter`).
+            unsafe {
+                core::arch::asm!("csrr {}, mip", out(reg) pending);
+                core::arch::asm!("csrsi mstatus, 8");
+            }
+            if pending & (1 << 7) != 0 {
+                HELD_OFF.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    fn in_atomic(&self) -> bool {
+        irq_depth() > 0
+    }
     fn now_ns(&self) -> u64 {
-        // SAFETY: the CLINT's mtime, 10 MHz on `virt`.
-        unsafe { (CLINT_MTIME as *const u64).read_volatile() * 100 }
+        mtime() * 100
     }
     fn report(&self, msg: &str) {
         let _ = Uart.write_str(msg);
@@ -127,6 +184,7 @@ const _: () = assert!(core::mem::align_of::<Region<0>>() == ctxalloc_kernel::SEG
 
 static mut HEAP_REGION: Region<{ 32 << 20 }> = Region([0; 32 << 20]);
 static mut SMALL_REGION: Region<{ 8 << 20 }> = Region([0; 8 << 20]);
+static mut TASKS_REGION: Region<{ sched::TASKS_REGION }> = Region([0; sched::TASKS_REGION]);
 
 /// 1 until hart 0 has zeroed `.bss` and set up the allocators (in `.data`, not zeroed).
 static BOOTED: AtomicUsize = AtomicUsize::new(1);
@@ -277,7 +335,7 @@ fn shrinker_and_nofs(hart: usize) {
     barrier();
 }
 
-static POOL: spin::Once<ctxalloc_kernel::Mempool<'static, ctxalloc_kernel::Region<Virt>>> = spin::Once::new();
+static POOL: spin::Once<ctxalloc_kernel::KernelMempool<'static, Virt>> = spin::Once::new();
 
 fn mempool_progress(hart: usize) {
     if hart == 0 {
@@ -316,6 +374,43 @@ fn mempool_progress(hart: usize) {
     barrier();
 }
 
+/// The second half: the preemptive kernel of `sched`, both harts, until every task is done.
+fn preemptive(hart: usize) {
+    use sched::*;
+    if hart == 0 {
+        setup();
+    }
+    barrier();
+    run(hart);
+    barrier();
+    if hart == 0 {
+        let load = |a: &AtomicUsize| a.load(Ordering::SeqCst);
+        println!(
+            "preemptive: {TASKS_N} tasks, {} ticks, {} preemptions, {} migrations, {} task allocations, \
+             {} interrupt allocations + {} mempool takes, {} ticks held off to an allocator call's end, \
+             {} shrinker scans for scoped tasks, {} violations",
+            load(&TICKS),
+            load(&PREEMPTIONS),
+            load(&MIGRATIONS),
+            load(&TASK_ALLOCS),
+            load(&IRQ_ALLOCS),
+            load(&IRQ_POOL_TAKES),
+            load(&HELD_OFF),
+            load(&SCANS_FOR_SCOPED),
+            load(&VIOLATIONS),
+        );
+        check(
+            "preemptive: tasks were preempted and migrated",
+            load(&PREEMPTIONS) > 0 && load(&MIGRATIONS) > 0,
+        );
+        check("preemptive: interrupt handlers allocated in atomic context", load(&IRQ_ALLOCS) > 0);
+        check("preemptive: no scope violated across preemption and migration", load(&VIOLATIONS) == 0);
+        let s = TASKS.stats();
+        check("preemptive: usage never above the limit", s.peak <= s.limit.unwrap_or(0));
+    }
+    barrier();
+}
+
 #[no_mangle]
 extern "C" fn kmain(hart: usize) -> ! {
     if hart == 0 {
@@ -331,6 +426,7 @@ extern "C" fn kmain(hart: usize) -> ! {
             start.write_bytes(0, end.addr() - start.addr());
             HEAP.init((&raw mut HEAP_REGION).cast(), 32 << 20);
             SMALL.init((&raw mut SMALL_REGION).cast(), 8 << 20);
+            sched::TASKS.init((&raw mut TASKS_REGION).cast(), sched::TASKS_REGION);
         }
         println!("ctxalloc-kernel on QEMU virt: {HARTS} harts, 32 MiB heap, 8 MiB small region");
         BOOTED.store(2, Ordering::Release);
@@ -347,6 +443,7 @@ extern "C" fn kmain(hart: usize) -> ! {
     shrinker_and_nofs(hart);
     mempool_progress(hart);
     barrier();
+    preemptive(hart);
     if hart == 0 {
         let (p, f) = (PASSED.load(Ordering::SeqCst), FAILED.load(Ordering::SeqCst));
         println!("{p} passed, {f} failed");
