@@ -21,6 +21,8 @@ pub(crate) struct Counters {
     pub(crate) scope_mispairs: AtomicUsize,
     pub(crate) mempool_reserve_uses: AtomicUsize,
     pub(crate) mempool_waits: AtomicUsize,
+    /// Small allocations served from a larger class's free block at the limit.
+    pub(crate) larger_class_allocs: AtomicUsize,
     /// `purge_aged` calls that gave memory back, and the bytes they gave.
     pub(crate) aged_purges: AtomicUsize,
     pub(crate) aged_purged: AtomicUsize,
@@ -38,6 +40,7 @@ impl Counters {
             scope_mispairs: AtomicUsize::new(0),
             mempool_reserve_uses: AtomicUsize::new(0),
             mempool_waits: AtomicUsize::new(0),
+            larger_class_allocs: AtomicUsize::new(0),
             aged_purges: AtomicUsize::new(0),
             aged_purged: AtomicUsize::new(0),
         }
@@ -116,6 +119,9 @@ pub struct Stats {
     pub mempool_reserve_uses: u64,
     /// Times a mempool allocation slept waiting for an element to be freed.
     pub mempool_waits: u64,
+    /// Small allocations that found no room in their class and no memory for a new page, and
+    /// were served from a free block of a larger class instead of failing.
+    pub larger_class_allocs: u64,
     /// Allocations made inside `FORBID` scopes (feature `forbid-alloc`).
     pub forbidden_allocs: u64,
     /// Allocations failed by fault injection (feature `fault-injection`).
@@ -208,7 +214,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 35] = [
+        let rows: [(&str, &dyn fmt::Display); 36] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -233,6 +239,7 @@ impl fmt::Display for Stats {
             ("NOFAIL stalls", &self.nofail_stalls),
             ("mempool reserve uses", &self.mempool_reserve_uses),
             ("mempool waits", &self.mempool_waits),
+            ("served by a larger class", &self.larger_class_allocs),
             ("failed allocations", &self.alloc_failures),
             ("  too large", &fail(Cause::TooLarge)),
             ("  no reclaim allowed", &fail(Cause::NoReclaim)),
@@ -331,6 +338,7 @@ impl<P: Platform> Core<P> {
             nofail_stalls: r.nofail_stalls.load(Ordering::Relaxed) as u64,
             mempool_reserve_uses: c.mempool_reserve_uses.load(Ordering::Relaxed) as u64,
             mempool_waits: c.mempool_waits.load(Ordering::Relaxed) as u64,
+            larger_class_allocs: c.larger_class_allocs.load(Ordering::Relaxed) as u64,
             forbidden_allocs: self.debug.forbidden.load(Ordering::Relaxed) as u64,
             injected_failures: self.debug.injected.load(Ordering::Relaxed) as u64,
             lockcheck_reports: self.debug.lock_reports.load(Ordering::Relaxed) as u64,

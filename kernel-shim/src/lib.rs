@@ -103,7 +103,7 @@ impl<P: Platform> KernelAlloc<P> {
         // SAFETY: the caller's contract.
         if unsafe { self.core.platform().init(start, len) } {
             // A region too small for a limit's reserve is bounded by its own size alone.
-            if let Err(e) = self.core.set_limit(self.core.platform().size()) {
+            if let Err(e) = self.on_cpu(|c| c.set_limit(c.platform().size())) {
                 ctxalloc_core::report::report(
                     self.core.platform(),
                     format_args!("ctxalloc-kernel: the region's size is no limit: {e}"),
@@ -112,7 +112,9 @@ impl<P: Platform> KernelAlloc<P> {
         }
     }
 
-    /// The core: statistics, limits, reclaim, per-call allocation, mempools.
+    /// The core: statistics, limits, reclaim, per-call allocation, mempools. Its methods do not
+    /// run between the platform's `enter` and `leave` by themselves: in a preemptive kernel,
+    /// call them with preemption off, or use this type's own methods, which do.
     pub fn core(&self) -> &Core<Region<P>> {
         &self.core
     }
@@ -271,7 +273,7 @@ impl<P: Platform> KernelAlloc<P> {
         shrinker: &'static dyn Shrinker,
     ) -> Result<ShrinkerId, AllocError> {
         // SAFETY: the shrinker is `'static`, and so is the allocator.
-        unsafe { self.core.register_shrinker(NonNull::from(shrinker)) }.ok_or(AllocError)
+        self.on_cpu(|c| unsafe { c.register_shrinker(NonNull::from(shrinker)) }).ok_or(AllocError)
     }
 
     /// Unregisters a shrinker, waiting for calls in flight.
@@ -279,7 +281,7 @@ impl<P: Platform> KernelAlloc<P> {
         // SAFETY: ids come from `register_shrinker`, which needs a `'static` allocator: the
         // slot lives for the program. (Unregistering an id twice unregisters nothing or,
         // if its slot was reused, the later shrinker — never memory unsafety.)
-        unsafe { self.core.unregister_shrinker(id) };
+        self.on_cpu(|c| unsafe { c.unregister_shrinker(id) });
     }
 
     /// A mempool of `min_nr` elements of `layout` over this allocator, whose calls run between
@@ -294,7 +296,7 @@ impl<P: Platform> KernelAlloc<P> {
 
     /// A snapshot of the allocator's state.
     pub fn stats(&self) -> Stats {
-        self.core.stats()
+        self.on_cpu(|c| c.stats())
     }
 }
 

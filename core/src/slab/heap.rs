@@ -17,7 +17,7 @@ use super::SLICE_SIZE;
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::{Attempt, Cause, Step};
-use crate::size_class::{class_size, class_slices, NUM_CLASSES, SMALL_GRANULES};
+use crate::size_class::{class_align, class_size, class_slices, NUM_CLASSES, SMALL_GRANULES};
 use crate::sync::{fence, AtomicBool, Ordering};
 use crate::{Core, Platform};
 use core::ptr;
@@ -357,10 +357,52 @@ impl<P: Platform> Core<P> {
                 }
                 let at = attempt.get_or_insert_with(|| Attempt::new(class_slices(class) * SLICE_SIZE));
                 if let Step::Fail(cause) = self.reclaim_step(eff, at) {
+                    if let Some(p) = self.alloc_larger(heap, class, size, eff, call.contains(Gfp::ZERO)) {
+                        return p;
+                    }
                     return self.reclaim_failed(size, eff, cause);
                 }
             }
         }
+    }
+
+    /// The last resort before a refusal: a free block of a larger class — at most twice the
+    /// size, at least as aligned — on a page this heap already has. That memory is charged
+    /// already; a heap at its limit (or a kernel's region at its end) serves from the free
+    /// slots of its other classes instead of refusing while they sit idle.
+    ///
+    /// # Safety
+    /// `heap` is live and owned by the caller; `class < NUM_CLASSES`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_larger(
+        &self,
+        heap: *mut Heap,
+        class: usize,
+        size: usize,
+        eff: Effective,
+        zero: bool,
+    ) -> Option<*mut u8> {
+        let (align, most) = (class_align(class), 2 * class_size(class));
+        for larger in (class + 1..NUM_CLASSES).take_while(|&c| class_size(c) <= most) {
+            if class_align(larger) < align {
+                continue;
+            }
+            // SAFETY: the caller owns the heap; without `map`, only pages and free slices it
+            // has already can serve.
+            unsafe {
+                let mut page = Heap::direct(heap, larger);
+                if (*page).free.is_null() {
+                    match self.find_page(heap, larger, eff, false) {
+                        Ok(p) => page = p,
+                        Err(_) => continue,
+                    }
+                }
+                self.counters.larger_class_allocs.fetch_add(1, Ordering::Relaxed);
+                return Some(pop(self, page, size, zero));
+            }
+        }
+        None
     }
 
     /// A page of `class` with a block on its `free` list, made the class's direct page; `Err`

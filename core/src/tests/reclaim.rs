@@ -476,3 +476,36 @@ fn usage_never_exceeds_the_limit_under_four_threads_with_shrinkers() {
     let s = core.stats();
     assert!(s.peak <= 24 << 20, "{s}");
 }
+
+#[test]
+fn at_the_limit_a_small_request_takes_a_free_block_of_a_larger_class() {
+    // 4 KiB blocks: a few thousand fill the limit (miri interprets each).
+    let core = leaked_core(64, 8);
+    let (big, small) =
+        (Layout::from_size_align(4096, 16).unwrap(), Layout::from_size_align(3000, 8).unwrap());
+    let mut blocks = Vec::new();
+    while let Ok(p) = core.alloc_with(big, Gfp::NORECLAIM | Gfp::NOWARN) {
+        blocks.push(p.as_ptr().addr());
+    }
+    // Every other block back: its pages keep free slots, none empties.
+    let kept: Vec<usize> = blocks.iter().copied().step_by(2).collect();
+    for a in blocks.iter().copied().skip(1).step_by(2) {
+        // SAFETY: a live block of `big`.
+        unsafe { core.dealloc(core.platform().ptr_from_addr(a), big) };
+    }
+    let usage = core.usage();
+    let n = if MIRI { 4 } else { 32 };
+    let got: Vec<_> = (0..n).map(|_| core.alloc_with(small, Gfp::NORECLAIM | Gfp::NOWARN).unwrap()).collect();
+    assert_eq!(core.usage(), usage, "no new memory: the free 4 KiB slots served");
+    assert!(got.iter().all(|p| core.ksize(p.as_ptr()) == 4096));
+    assert_eq!(core.stats().larger_class_allocs, n as u64);
+    for p in got {
+        // SAFETY: live blocks of `small`.
+        unsafe { core.dealloc(p.as_ptr(), small) };
+    }
+    for a in kept {
+        // SAFETY: live blocks of `big`.
+        unsafe { core.dealloc(core.platform().ptr_from_addr(a), big) };
+    }
+    assert_eq!(core.stats().alloc_failures, 1, "only the filling loop's last attempt failed");
+}
