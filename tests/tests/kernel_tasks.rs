@@ -57,8 +57,12 @@ fn irq_off() {
     IRQ_OFF.with(|c| c.fetch_add(1, Ordering::SeqCst));
 }
 
+/// Interrupts on again: a held-off interrupt runs now if the thread's task holds a CPU. A task
+/// that has just given its CPU up (finished) keeps it pending: an interrupt belongs to a CPU,
+/// and this thread has none any more.
 fn irq_on() {
     if IRQ_OFF.with(|c| c.fetch_sub(1, Ordering::SeqCst)) == 1
+        && CPU.with(|c| c.load(Ordering::SeqCst)) != NOT_ON_A_CPU
         && PENDING.with(|p| p.swap(false, Ordering::SeqCst))
     {
         DEFERRED.fetch_add(1, Ordering::Relaxed);
