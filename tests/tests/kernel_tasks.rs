@@ -53,6 +53,11 @@ thread_local! {
     static IRQ_DEPTH: AtomicUsize = const { AtomicUsize::new(0) };
 }
 
+/// Whether the calling thread's task holds a CPU (an interrupt belongs to a CPU).
+fn on_a_cpu() -> bool {
+    CPU.with(|c| c.load(Ordering::SeqCst)) != NOT_ON_A_CPU
+}
+
 fn irq_off() {
     IRQ_OFF.with(|c| c.fetch_add(1, Ordering::SeqCst));
 }
@@ -62,7 +67,7 @@ fn irq_off() {
 /// and this thread has none any more.
 fn irq_on() {
     if IRQ_OFF.with(|c| c.fetch_sub(1, Ordering::SeqCst)) == 1
-        && CPU.with(|c| c.load(Ordering::SeqCst)) != NOT_ON_A_CPU
+        && on_a_cpu()
         && PENDING.with(|p| p.swap(false, Ordering::SeqCst))
     {
         DEFERRED.fetch_add(1, Ordering::Relaxed);
@@ -390,8 +395,7 @@ fn interrupt() {
 }
 
 extern "C" fn on_sigusr1(_: libc::c_int) {
-    let on_cpu = CPU.with(|c| c.load(Ordering::SeqCst)) != NOT_ON_A_CPU;
-    if !on_cpu || IRQ_OFF.with(|c| c.load(Ordering::SeqCst)) > 0 {
+    if !on_a_cpu() || IRQ_OFF.with(|c| c.load(Ordering::SeqCst)) > 0 {
         // Held off: it runs at the next irq_on (for a task waiting for a CPU, once it has one).
         PENDING.with(|p| p.store(true, Ordering::SeqCst));
         return;
