@@ -207,8 +207,8 @@ impl<P: Platform> Core<P> {
 
     /// Allocates a block for `layout` (`GlobalAlloc::alloc`): null if no memory can be had.
     ///
-    /// The fast path: two compares, one thread-local load, one table load (by 16-byte
-    /// granule, no class lookup), one page load, one list pop. It never reads the context word
+    /// The fast path: two compares, one thread-local load, one table load (by 8-byte granule,
+    /// no class lookup), one page load, one list pop. It never reads the context word
     /// — context matters only when new memory is needed.
     ///
     /// # Safety
@@ -220,6 +220,12 @@ impl<P: Platform> Core<P> {
             if layout.align() <= MIN_ALIGN {
                 // SAFETY: a small size at the minimum alignment.
                 return unsafe { self.alloc_small(size) };
+            }
+            if layout.align() <= 16 {
+                // Every class above the 8-byte one is 16-byte aligned (hashbrown's tables, for
+                // one, ask for 16): the class of at least 16 bytes, still inline.
+                // SAFETY: a small size, served at an alignment every class of ≥ 16 B has.
+                return unsafe { self.alloc_small(size.max(16)) };
             }
             // A separate exit, not `alloc_other`: with one shared target the two compares are
             // folded into flag arithmetic (two instructions more on every allocation).
@@ -453,19 +459,18 @@ impl<P: Platform> Core<P> {
             let t = self.platform.thread_if_any();
             if !t.is_null() && (*page).owner.load(Ordering::Relaxed) == (*t).heap.get() {
                 let heap = (*t).heap.get();
-                let head = (*page).local_free;
-                Block::set_next(block, head);
-                (*page).local_free = block;
-                (*page).used -= 1;
+                #[cfg(feature = "hardened")]
+                let head = (*page).free;
+                let empty = Page::push_free(page, block);
                 #[cfg(feature = "hardened")]
                 if crate::hardened::is_link(block, raw) {
                     // Undo the push, then look closer.
                     crate::hardened::set_link_word(block, raw);
-                    (*page).local_free = head;
+                    (*page).free = head;
                     (*page).used += 1;
                     return self.slab_free_suspect(page, block);
                 }
-                if (*page).used == 0 {
+                if empty {
                     self.page_retire(heap, page);
                 }
                 return;
@@ -880,7 +885,7 @@ impl<P: Platform> Core<P> {
     }
 
     /// Resizes a block without its layout — the kernel's `krealloc`, C's `realloc`, keeping
-    /// [`MIN_ALIGN`] alignment (C's guarantee). Null `ptr` allocates. In place when the block
+    /// C's alignment ([`MIN_ALIGN`], 16 above 8 bytes). Null `ptr` allocates. In place when the block
     /// (or the area, by `remap`) can hold `new_size`; otherwise allocate in the effective
     /// context of `call`, copy, free. Null on failure, the old block untouched; null and a
     /// report for a pointer ctxalloc did not hand out.

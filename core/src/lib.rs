@@ -9,12 +9,12 @@
 //!
 //! ```text
 //!  gfp, scope        flags, the effective-context rule, the context word and its scopes
-//!  size_class        16 B … 64 KiB, eight classes per doubling
+//!  size_class        8 B, 16 B … 64 KiB, eight classes per doubling
 //!  lock              the allocator's locks, counted per thread: no lock is held across a call
 //!                    out of the allocator (work found under one is done after it; debug
 //!                    builds abort on a violation)
 //!  slab::remote      the lock-free remote-free list                   (loom-checked)
-//!  slab::page        one slab page and its three free lists
+//!  slab::page        one slab page and its two free lists
 //!  slab::segment     the page heap: 4 MiB segments, 64 KiB slices, commit/purge accounting
 //!  slab::heap        per-thread heaps: fast paths, page queues, retire, remote free
 //!  slab::abandon     pages of exited threads, the heap pool
@@ -32,17 +32,17 @@
 //!
 //! ## A first allocation, step by step
 //!
-//! 1. `Core::alloc(Layout { size: 24, align: 8 })`: size ≤ 1 KiB and align ≤ 16, so the fast
-//!    path indexes the heap's page table by 16-byte granule: `(24 + 15) / 16 = 2`.
+//! 1. `Core::alloc(Layout { size: 24, align: 8 })`: size ≤ 1 KiB and align ≤ 8, so the fast
+//!    path indexes the heap's page table by 8-byte granule: `(24 + 7) / 8 = 3`.
 //! 2. [`Platform::thread`] returns the thread's [`ThreadCtx`]; its heap is the static empty heap,
-//!    whose `small[2]` is the static empty page, whose `free` list is null: no special
+//!    whose `small[3]` is the static empty page, whose `free` list is null: no special
 //!    "initialised?" test was needed to get here — the ordinary "list empty" test sends us on.
-//! 3. The slow path looks up the class (1: 32 B), sees the empty heap and the thread's state
+//! 3. The slow path looks up the class (2: 32 B), sees the empty heap and the thread's state
 //!    *New*: it takes a heap from the pool — new heaps are carved from the unused tail of a
 //!    segment header, so the first one maps the first segment — and tells the platform, which
 //!    registers the thread-exit hook.
-//! 4. The heap's queue for class 1 is empty, no full page received frees, no abandoned page of
-//!    class 1 exists: a fresh page is needed, and *only now* is the context word read — the
+//! 4. The heap's queue for class 2 is empty, no full page received frees, no abandoned page of
+//!    class 2 exists: a fresh page is needed, and *only now* is the context word read — the
 //!    effective context (call flags ∪ word) is what the page heap charges memory under.
 //! 5. The page heap has that segment (4 MiB aligned to 4 MiB, header charged): it hands out
 //!    slice 1 as a page of 2048 blocks of 32 B and records it in the segment's slice map.
@@ -50,7 +50,8 @@
 //!    returned. The next 511 allocations of 17–32 B are each: two compares, TLS load, table
 //!    load, page load, list pop.
 //! 7. Freeing: `addr & !(4 MiB − 1)` is the segment, `(addr >> 16) & 63` its slice-map index,
-//!    the page's `owner` is our heap, so the block goes on the page's `local_free` list. Another
+//!    the page's `owner` is our heap, so the block goes on top of the page's `free` list (the
+//!    next allocation of its class gets it back, still in the cache). Another
 //!    thread freeing it would push it on the page's atomic remote list instead.
 //!
 //! ## Features

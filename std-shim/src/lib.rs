@@ -85,12 +85,16 @@ pub use container::{cgroup, pressure};
 /// library's `ctxalloc_parse_size`.
 pub use ctxalloc_core::parse;
 /// The largest size (at alignment [`MIN_ALIGN`]) whose allocation takes the inline fast path —
-/// for wrappers such as C's `malloc` that test the size once and pass the rest on unchecked.
+/// for wrappers such as C's `malloc` that test the size once and pass the rest on unchecked —
+/// and the alignments every block has: [`MIN_ALIGN`], and 16 for every block of more than
+/// [`TINY_MAX`] bytes.
 ///
 /// ```
-/// assert!(ctxalloc::SMALL_MAX >= 1024 && ctxalloc::MIN_ALIGN == 16);
+/// assert!(ctxalloc::SMALL_MAX >= 1024 && ctxalloc::MIN_ALIGN == 8 && ctxalloc::TINY_MAX == 8);
+/// let p = Box::new([0u8; 9]); // more than TINY_MAX: 16-byte aligned
+/// assert_eq!((&raw const *p).addr() % 16, 0);
 /// ```
-pub use ctxalloc_core::size_class::{MIN_ALIGN, SMALL_MAX};
+pub use ctxalloc_core::size_class::{MIN_ALIGN, SMALL_MAX, TINY_MAX};
 pub use ctxalloc_core::{
     emergency_reserve, AllocError, Cause, Cookie, Effective, Gfp, LimitError, LimitOrigin, ReclaimClass,
     ScanResult, ShrinkControl, Shrinker, ShrinkerRow, ShrinkerStats, Stats, RESERVE_FLOOR,

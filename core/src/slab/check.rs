@@ -12,8 +12,8 @@ use super::remote::Block;
 use crate::{Core, Platform};
 use core::ptr;
 
-/// Blocks a page can hold at most for the duplicate search (64 KiB of 16-byte blocks).
-const MAX_BLOCKS: usize = 4096;
+/// Blocks a page can hold at most for the duplicate search (a slice of the smallest class).
+const MAX_BLOCKS: usize = super::SLICE_SIZE / crate::size_class::TINY_MAX;
 
 impl<P: Platform> Core<P> {
     /// A free found bad on a slab path: report it; abort under `hardened` (found under an
@@ -31,7 +31,7 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Moves `remote`, the list just taken from `page`'s remote list, onto `local_free` and
+    /// Moves `remote`, the list just taken from `page`'s remote list, onto `free` and
     /// counts its blocks off `used`. Blocks on the remote list count as used, so it can hold at
     /// most `used`: a longer one (a block freed twice from other threads, which also closes the
     /// list into a cycle — the walk is bounded) is reported and the page's lists rebuilt.
@@ -56,14 +56,14 @@ impl<P: Platform> Core<P> {
                 n += 1;
                 tail = next;
             }
-            Block::set_next(tail, (*page).local_free);
-            (*page).local_free = remote;
+            Block::set_next(tail, (*page).free);
+            (*page).free = remote;
             (*page).used -= n;
         }
     }
 
-    /// Rebuilds `page`'s lists — `free`, `local_free` and the taken remote list `extra` —
-    /// without repeats onto `local_free`, counts the blocks not on them as used, and reports the
+    /// Rebuilds `page`'s lists — `free` and the taken remote list `extra` — without repeats
+    /// onto `free`, counts the blocks not on them as used, and reports the
     /// first block seen twice. Returns whether the page is now empty.
     ///
     /// # Safety
@@ -79,7 +79,7 @@ impl<P: Platform> Core<P> {
             let mut distinct: *mut Block = ptr::null_mut();
             let mut count = 0u32;
             let mut repeated: *mut Block = ptr::null_mut();
-            for head in [(*page).free, (*page).local_free, extra] {
+            for head in [(*page).free, extra] {
                 let mut b = head;
                 while !b.is_null() {
                     let off = b.addr().wrapping_sub(start.addr());
@@ -101,8 +101,7 @@ impl<P: Platform> Core<P> {
                     b = next;
                 }
             }
-            (*page).free = ptr::null_mut();
-            (*page).local_free = distinct;
+            (*page).free = distinct;
             (*page).used = (*page).reserved - count;
             let at = if repeated.is_null() { start } else { repeated.cast() };
             self.bad_slab_free(
@@ -131,7 +130,7 @@ impl<P: Platform> Core<P> {
         self.platform.abort()
     }
 
-    /// `hardened`: whether `block` is on one of `page`'s three lists. The owner calls it when a
+    /// `hardened`: whether `block` is on one of `page`'s two lists. The owner calls it when a
     /// block it frees looks free already.
     ///
     /// # Safety
@@ -143,7 +142,7 @@ impl<P: Platform> Core<P> {
         // owner takes from it, so what it reaches stays put); the walk is bounded.
         unsafe {
             let bound = (*page).reserved as usize + 1;
-            for head in [(*page).free, (*page).local_free, (*page).remote.peek()] {
+            for head in [(*page).free, (*page).remote.peek()] {
                 let mut b = head;
                 let mut n = 0;
                 while !b.is_null() && n < bound {

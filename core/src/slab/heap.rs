@@ -25,9 +25,9 @@ use core::ptr;
 /// A thread's heap.
 #[repr(C)]
 pub struct Heap {
-    /// `direct` for the small sizes, by 16-byte granule (`(size + 15) / 16`), so the fast
-    /// path goes from a size to its page with no class lookup: entry `g` is `direct` of the
-    /// class serving sizes `16(g−1)+1 ..= 16g`. Written with `direct`, by the owner.
+    /// `direct` for the small sizes, by 8-byte granule (`(size + 7) / 8`), so the fast path
+    /// goes from a size to its page with no class lookup: entry `g` is `direct` of the class
+    /// serving sizes `8(g−1)+1 ..= 8g`. Written with `direct`, by the owner.
     pub(crate) small: [*mut Page; SMALL_GRANULES],
     /// The page each class allocates from: the head of `queues[class]`, or the empty page.
     /// With `small`, the fast path's only read of the heap. Owner only.
@@ -139,8 +139,8 @@ impl Heap {
     /// `heap` is live or the empty heap; `size <= SMALL_MAX`.
     #[inline(always)]
     pub(crate) unsafe fn direct_small(heap: *mut Heap, size: usize) -> *mut Page {
-        // SAFETY: per the contract: the granule is at most `SMALL_MAX / 16`.
-        unsafe { *(&raw const (*heap).small).cast::<*mut Page>().add((size + 15) >> 4) }
+        // SAFETY: per the contract: the granule is at most `SMALL_MAX / 8`.
+        unsafe { *(&raw const (*heap).small).cast::<*mut Page>().add((size + 7) >> 3) }
     }
 
     /// Sets the page `class` allocates from, in `direct` and, for a small class, in every
@@ -153,9 +153,9 @@ impl Heap {
         // SAFETY: per the contract; granules of a small class are below `SMALL_GRANULES`.
         unsafe {
             *(&raw mut (*heap).direct).cast::<*mut Page>().add(class) = page;
-            let hi = class_size(class) / 16;
+            let hi = class_size(class) / 8;
             if hi < SMALL_GRANULES {
-                let lo = if class == 0 { 0 } else { class_size(class - 1) / 16 + 1 };
+                let lo = if class == 0 { 0 } else { class_size(class - 1) / 8 + 1 };
                 for g in lo..=hi {
                     *(&raw mut (*heap).small).cast::<*mut Page>().add(g) = page;
                 }
@@ -229,14 +229,11 @@ pub(crate) unsafe fn pop<P: Platform>(core: &Core<P>, page: *mut Page, size: usi
         (*page).free = next;
         (*page).used += 1;
         crate::track::unpoison(block.cast(), size);
+        // A slab block is always cleared, fresh or not: writing first also means that a
+        // fresh page is faulted in by a write, never mapped to the zero page by a read and then
+        // copied on the next write (a copy that flushes the TLB of every CPU the process runs on).
         if zero {
-            if (*page).free_is_zero {
-                Block::set_next(block, ptr::null_mut());
-                #[cfg(feature = "hardened")]
-                Block::clear(block);
-            } else {
-                ptr::write_bytes(block.cast::<u8>(), 0, size);
-            }
+            ptr::write_bytes(block.cast::<u8>(), 0, size);
         }
         block.cast()
     }
@@ -578,17 +575,11 @@ impl<P: Platform> Core<P> {
                 if Heap::direct(heap, class) == Page::empty() {
                     Heap::set_direct(heap, class, Heap::queue(heap, class).head);
                 }
-                Block::set_next(block, (*page).local_free);
-                (*page).local_free = block;
-                (*page).used -= 1;
-                if (*page).used == 0 {
+                if Page::push_free(page, block) {
                     self.page_retire(heap, page);
                 }
             } else {
-                Block::set_next(block, (*page).local_free);
-                (*page).local_free = block;
-                (*page).used -= 1;
-                if (*page).used == 0 {
+                if Page::push_free(page, block) {
                     ab.remove(page);
                     drop(ab);
                     self.span_free(page);

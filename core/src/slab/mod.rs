@@ -12,7 +12,7 @@
 //! ```
 //!
 //! * [`segment`]: the page heap — segments, spans of slices, commit/purge accounting.
-//! * [`page`]: one slab page — its three free lists, carving, collecting.
+//! * [`page`]: one slab page — its two free lists, carving, collecting.
 //! * [`remote`]: the atomic remote-free list (the only structure other threads write).
 //! * [`heap`]: per-thread heaps — the fast paths, page queues, retiring, remote frees.
 //! * [`abandon`]: pages whose thread exited, and the pool of heaps.

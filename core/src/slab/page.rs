@@ -1,11 +1,17 @@
-//! One slab page: a span of slices cut into blocks of one size class, with three free lists.
+//! One slab page: a span of slices cut into blocks of one size class, with two free lists.
 //!
-//! * `free` — blocks ready to hand out; the fast path pops here.
-//! * `local_free` — blocks the owner freed; the fast path pushes here.
-//! * `remote` — blocks other threads freed ([`RemoteList`]).
+//! * `free` — blocks ready to hand out, a LIFO stack: the fast path pops here, and the owner's
+//!   frees push here, so the block handed out next is the one freed last — still in the cache.
+//! * `remote` — blocks other threads freed ([`RemoteList`]), taken by the owner when `free`
+//!   runs dry (free-list sharding: a cross-thread free never touches the owner's list).
 //!
-//! Keeping `free` and `local_free` apart means `free` runs dry regularly, so the owner's slow
-//! path runs regularly and picks up remote frees (mimalloc's "free-list sharding").
+//! mimalloc keeps the owner's frees on a third list, `local_free`, swapped in when `free` runs
+//! dry, so that the slow path runs at a fixed rhythm. The price is reuse distance: a freed
+//! block waits a whole batch before it is handed out again, by then out of the L1 cache. Under
+//! callgrind's cache model (L1 32 KiB, L2 512 KiB) glibc's malloc-thread loop took 1.34 L1 misses
+//! an iteration with the third list and 0.59 without it (mimalloc 0.71, tcmalloc 0.41); a
+//! larson-like churn 2.92 and 2.51 (tcmalloc 1.99). Remote frees wait until `free` runs dry —
+//! at most a page of blocks, which `used` still counts.
 
 use super::heap::Heap;
 use super::remote::{Block, RemoteList};
@@ -22,8 +28,8 @@ use core::ptr;
 pub struct Page {
     /// Blocks ready to allocate. Owner only. Hot: first field.
     pub(crate) free: *mut Block,
-    /// Blocks handed out and not yet back on `free`/`local_free` (blocks on `remote` still
-    /// count). Owner only. Zero means the page can be given back.
+    /// Blocks handed out and not yet back on `free` (blocks on `remote` still count). Owner
+    /// only. Zero means the page can be given back.
     pub(crate) used: u32,
     /// Block size in bytes. Constant while the page is live.
     pub(crate) block_size: u32,
@@ -31,8 +37,6 @@ pub struct Page {
     /// page (under the abandoned-list lock) and by the page heap at creation; read (Relaxed) by
     /// every freeing thread, which only compares it with its own heap.
     pub(crate) owner: AtomicPtr<Heap>,
-    /// Blocks the owner freed since the last collect. Owner only.
-    pub(crate) local_free: *mut Block,
     /// Blocks other threads freed. Any thread pushes; the owner takes.
     pub(crate) remote: RemoteList,
     /// First block. Constant while live.
@@ -51,10 +55,6 @@ pub struct Page {
     pub(crate) slices: u8,
     /// On the owner's full list rather than its queue. Owner only.
     pub(crate) in_full: bool,
-    /// Every block on `free` reads as zero past its link word. Owner only.
-    pub(crate) free_is_zero: bool,
-    /// The memory past `reserved` reads as zero. Owner only.
-    pub(crate) fresh_zero: bool,
     /// For an empty page kept for reuse: the heap's slow-path count at which it goes back
     /// ([`RETIRE_CYCLES`](crate::slab::heap::RETIRE_CYCLES) after it emptied). Owner only.
     pub(crate) retire_at: u32,
@@ -86,7 +86,6 @@ impl Page {
             used: 0,
             block_size: 0,
             owner: AtomicPtr::new(ptr::null_mut()),
-            local_free: ptr::null_mut(),
             remote: RemoteList::new(),
             start: ptr::null_mut(),
             capacity: 0,
@@ -96,8 +95,6 @@ impl Page {
             class: 0,
             slices: 0,
             in_full: false,
-            free_is_zero: false,
-            fresh_zero: false,
             retire_at: 0,
         }
     }
@@ -133,20 +130,19 @@ impl Page {
             Block::set_next(b.cast(), ptr::null_mut());
             (*page).free = first.cast();
             (*page).reserved += n;
-            (*page).free_is_zero = (*page).fresh_zero;
             true
         }
     }
 
-    /// Moves `local_free` and the remote list onto `free` if `free` is empty. Returns whether
-    /// `free` now has a block.
+    /// Moves the remote list onto `free` if `free` is empty. Returns whether `free` now has a
+    /// block.
     ///
     /// # Safety
     /// `page` is live and owned by the caller.
     #[inline]
     pub(crate) unsafe fn collect<P: Platform>(core: &Core<P>, page: *mut Page) -> bool {
         // SAFETY: the caller owns the page, hence its owner-only fields and every block on its
-        // local and (once taken) remote lists.
+        // free and (once taken) remote lists.
         unsafe {
             if !(*page).free.is_null() {
                 return true;
@@ -155,13 +151,22 @@ impl Page {
             if !remote.is_null() {
                 core.absorb_remote(page, remote);
             }
-            if (*page).local_free.is_null() {
-                return false;
-            }
-            (*page).free = (*page).local_free;
-            (*page).local_free = ptr::null_mut();
-            (*page).free_is_zero = false;
-            true
+            !(*page).free.is_null()
+        }
+    }
+
+    /// Pushes `block` onto `free`: a free by the owner. Returns whether the page is now empty.
+    ///
+    /// # Safety
+    /// `page` is live and owned by the caller; `block` is one of its blocks in use.
+    #[inline(always)]
+    pub(crate) unsafe fn push_free(page: *mut Page, block: *mut Block) -> bool {
+        // SAFETY: per the contract.
+        unsafe {
+            Block::set_next(block, (*page).free);
+            (*page).free = block;
+            (*page).used -= 1;
+            (*page).used == 0
         }
     }
 
@@ -174,10 +179,7 @@ impl Page {
     pub(crate) unsafe fn has_room(page: *mut Page) -> bool {
         // SAFETY: owner-only fields read by the owner; `remote` is atomic.
         unsafe {
-            !(*page).free.is_null()
-                || !(*page).local_free.is_null()
-                || (*page).remote.has_blocks()
-                || (*page).reserved < (*page).capacity
+            !(*page).free.is_null() || (*page).remote.has_blocks() || (*page).reserved < (*page).capacity
         }
     }
 }

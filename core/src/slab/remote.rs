@@ -1,9 +1,9 @@
 //! The remote-free list of a slab page: the one structure other threads write.
 //!
-//! Free-list sharding (mimalloc): a page has three free lists. `free` and `local_free` belong to
-//! the owning thread; every other thread pushes onto this one with a compare-and-swap, so a
-//! cross-thread free never takes a lock. The owner takes the whole list with one swap on its slow
-//! path and merges it.
+//! Free-list sharding (mimalloc): a page has two free lists. `free` belongs to the owning
+//! thread; every other thread pushes onto this one with a compare-and-swap, so a cross-thread
+//! free never takes a lock. The owner takes the whole list with one swap on its slow path and
+//! merges it.
 //!
 //! The word also carries the page's *abandoned* state (bit 0; blocks are 16-byte aligned): when
 //! a thread exits, the page's list is taken and the bit set in the same swap. A pusher that sees

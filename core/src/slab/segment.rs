@@ -280,7 +280,7 @@ impl<P: Platform> Core<P> {
                                 ph.unlink(seg);
                             }
                             let page = (&raw mut (*seg).pages).cast::<Page>().add(idx);
-                            self.page_init(page, seg, idx, n, class, owner, clean == run);
+                            self.page_init(page, seg, idx, n, class, owner);
                             let map = (&raw mut (*seg).slice_page).cast::<*mut Page>();
                             for i in idx..idx + n {
                                 *map.add(i) = page;
@@ -362,7 +362,6 @@ impl<P: Platform> Core<P> {
     /// # Safety
     /// `page` is the descriptor of slice `idx` of `seg`, whose span of `n` slices the caller has
     /// just taken under the page-heap lock.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn page_init(
         &self,
         page: *mut Page,
@@ -371,7 +370,6 @@ impl<P: Platform> Core<P> {
         n: usize,
         class: usize,
         owner: *mut super::heap::Heap,
-        clean: bool,
     ) {
         let bs = class_size(class);
         let base = seg.addr() + idx * SLICE_SIZE;
@@ -384,7 +382,6 @@ impl<P: Platform> Core<P> {
             (*page).start = self.platform.ptr_from_addr(base);
             (*page).class = class as u8;
             (*page).slices = n as u8;
-            (*page).fresh_zero = clean && P::MAP_ZEROED;
             (*page).owner.store(owner, Ordering::Relaxed);
         }
     }

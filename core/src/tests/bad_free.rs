@@ -124,8 +124,8 @@ fn hardened_an_overwritten_free_link_aborts_before_it_is_followed() {
         core.dealloc(b[1], BLOCK);
         b[1].cast::<usize>().write(0x4141_4141_4141_4141);
     }
-    // The two frees are on `local_free`; allocating until it is collected pops the corrupted
-    // block and decodes its link.
+    // The two frees are on top of `free`; the next allocation pops the corrupted block and
+    // decodes its link.
     aborts(&core, "heap corruption", || {
         for _ in 0..64 {
             // SAFETY: a valid layout.
