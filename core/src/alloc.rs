@@ -190,14 +190,9 @@ impl<P: Platform> Core<P> {
     /// [`check_entry`](Self::check_entry) for an entry point without the context in hand.
     #[inline(always)]
     pub(crate) fn entry(&self, entry: &'static str) {
+        // A thread without a context holds no lock; `ThreadCtx::none()` holds none either.
         #[cfg(debug_assertions)]
-        {
-            // A thread without a context holds no lock; the check does not set one up.
-            let t = self.platform.thread_if_any();
-            if !t.is_null() {
-                self.check_entry(t, entry);
-            }
-        }
+        self.check_entry(self.platform.thread_if_any(), entry);
         let _ = entry;
     }
 
@@ -308,31 +303,14 @@ impl<P: Platform> Core<P> {
     /// `size <= SMALL_MAX`.
     #[inline(always)]
     unsafe fn alloc_small(&self, size: usize) -> *mut u8 {
-        let t = self.platform.thread_if_any();
-        if t.is_null() {
-            // SAFETY: forwarded.
-            return unsafe { self.alloc_small_first(size) };
-        }
-        // SAFETY: forwarded; `t` is the calling thread's context.
-        unsafe { self.alloc_small_at(t, size) }
-    }
-
-    /// [`alloc_small`](Self::alloc_small) on a thread the platform has no context for yet: it
-    /// gets one. Out of line, so that the fast path keeps nothing live across the setup.
-    ///
-    /// # Safety
-    /// `size <= SMALL_MAX`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_small_first(&self, size: usize) -> *mut u8 {
-        // SAFETY: forwarded; the platform hands out the calling thread's context.
-        unsafe { self.alloc_small_at(self.platform.thread(), size) }
+        // SAFETY: forwarded; `thread_if_any` is the calling thread's context or `none`.
+        unsafe { self.alloc_small_at(self.platform.thread_if_any(), size) }
     }
 
     /// [`alloc_small`](Self::alloc_small) with the calling thread's context `t` in hand.
     ///
     /// # Safety
-    /// `size <= SMALL_MAX`; `t` is the calling thread's context.
+    /// `size <= SMALL_MAX`; `t` is the calling thread's context or [`ThreadCtx::none()`].
     #[inline(always)]
     unsafe fn alloc_small_at(&self, t: *const ThreadCtx, size: usize) -> *mut u8 {
         self.check_entry(t, "alloc");
@@ -363,11 +341,11 @@ impl<P: Platform> Core<P> {
     /// [`alloc_small`](Self::alloc_small) for the calling thread's context `t`.
     ///
     /// # Safety
-    /// `size <= SMALL_MAX`; `t` is the calling thread's context.
+    /// `size <= SMALL_MAX`; `t` is the calling thread's context or [`ThreadCtx::none()`].
     #[inline(always)]
     unsafe fn alloc_small_in(&self, t: *const ThreadCtx, size: usize) -> *mut u8 {
-        // SAFETY: the platform hands out the calling thread's context, whose heap is live or
-        // the empty heap; the empty heap's pages never have a free block.
+        // SAFETY: the platform hands out the calling thread's context (or `none`), whose heap
+        // is live or the empty heap; the empty heap's pages never have a free block.
         unsafe {
             let heap = (*t).heap.get();
             let page = Heap::direct_small(heap, size);
@@ -455,9 +433,10 @@ impl<P: Platform> Core<P> {
             #[cfg(feature = "hardened")]
             let raw = if check { crate::hardened::link_word(block) } else { 0 };
             crate::track::poison_block(block.cast(), (*page).block_size as usize);
-            // A thread without a context owns no page: the free is remote.
+            // A thread without a context (`ThreadCtx::none()`: the empty heap) owns no page:
+            // the free is remote.
             let t = self.platform.thread_if_any();
-            if !t.is_null() && (*page).owner.load(Ordering::Relaxed) == (*t).heap.get() {
+            if (*page).owner.load(Ordering::Relaxed) == (*t).heap.get() {
                 let heap = (*t).heap.get();
                 #[cfg(feature = "hardened")]
                 let head = (*page).free;
@@ -1162,7 +1141,8 @@ impl<P: Platform> Core<P> {
     }
 
     /// Gives back what the allocator keeps only to go faster: the calling thread's empty pages,
-    /// the spare segment, the cached large areas, and the physical memory of free slices.
+    /// the heaps of exited threads (their empty pages back, the others abandoned), the spare
+    /// segment, the cached large areas, and the physical memory of free slices.
     pub fn trim(&self) {
         self.entry("trim");
         let heap = self.thread().heap.get();
@@ -1170,6 +1150,7 @@ impl<P: Platform> Core<P> {
             // SAFETY: the calling thread's live heap.
             unsafe { self.heap_trim(heap) };
         }
+        self.heaps_dissolve(false);
         self.area_cache_flush(false);
         self.pages_trim();
         // Nothing waits for a purge now: a background thread sleeping out the purge delay
@@ -1178,9 +1159,9 @@ impl<P: Platform> Core<P> {
     }
 
     /// Call when the calling thread exits (the std shim does, from a thread-local destructor):
-    /// its pages go to the abandoned lists, its heap back to the pool. Allocations the thread
-    /// still makes afterwards (from later destructors) use the shared orphan heap; its frees
-    /// keep working.
+    /// its heap is left vacant, whole, for the next thread that needs one (see
+    /// `slab::abandon`). Allocations the thread still makes afterwards (from later destructors)
+    /// use the shared orphan heap; its frees keep working.
     pub fn thread_exit(&self) {
         let t = self.thread();
         let heap = t.heap.get();
@@ -1188,10 +1169,7 @@ impl<P: Platform> Core<P> {
         if heap != Heap::empty() {
             t.heap.set(Heap::empty());
             // SAFETY: the heap was this thread's; no one else uses it.
-            unsafe {
-                self.heap_abandon(heap);
-                self.heap_release(heap);
-            }
+            unsafe { self.heap_vacate(heap) };
         }
     }
 

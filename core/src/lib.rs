@@ -171,7 +171,7 @@ pub use page::{emergency_reserve, LimitError, RESERVE_FLOOR};
 #[cfg(not(all(loom, test)))]
 pub use page::{LimitOrigin, LIMIT_ORIGIN_MAX, PURGE_DELAY_NS};
 #[cfg(not(all(loom, test)))]
-pub use platform::{Platform, ThreadCtx};
+pub use platform::{Platform, StaticThreadCtx, ThreadCtx, NO_THREAD};
 #[cfg(not(all(loom, test)))]
 pub use reclaim::background::BackgroundThread;
 #[cfg(not(all(loom, test)))]

@@ -33,6 +33,21 @@ pub struct ThreadCtx {
     pub(crate) debug: crate::debug::DebugCtx,
 }
 
+/// A `ThreadCtx` that may live in a `static`: [`NO_THREAD`].
+#[repr(transparent)]
+pub struct StaticThreadCtx(ThreadCtx);
+
+// SAFETY: the one static context, `NO_THREAD`, is never written: the fast paths only read its
+// heap (the empty heap) and, in debug builds, its lock count and hook byte (zero); every path
+// that would write to a context asks `Platform::thread` for the real one first.
+unsafe impl Sync for StaticThreadCtx {}
+
+/// What [`Platform::thread_if_any`] hands out on a thread the platform has no context for yet:
+/// a shared context whose heap is the empty heap, so the fast paths need no test for it — an
+/// allocation falls through to its slow path (which asks [`Platform::thread`] for the thread's
+/// own), a free finds no page it owns. The core never writes to it.
+pub static NO_THREAD: StaticThreadCtx = StaticThreadCtx(ThreadCtx::new());
+
 /// Life cycle of a [`ThreadCtx`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -62,6 +77,12 @@ impl ThreadCtx {
             locks: LockState::new(),
             debug: crate::debug::DebugCtx::new(),
         }
+    }
+
+    /// The address of [`NO_THREAD`].
+    #[inline(always)]
+    pub fn none() -> *const ThreadCtx {
+        &raw const NO_THREAD.0
     }
 
     /// The thread's context word and scope stack.
@@ -131,10 +152,12 @@ pub unsafe trait Platform: Sync {
     fn thread(&self) -> *const ThreadCtx;
 
     /// The calling thread's context if [`thread`](Platform::thread) has handed it out on this
-    /// thread before, else null — or, as by default, [`thread`](Platform::thread). The fast
-    /// paths ask this first and leave for an out-of-line path on null, so that a platform whose
-    /// `thread` sets the context up lazily keeps that call (and the registers it clobbers) off
-    /// every allocation and free. A thread without a context owns no page.
+    /// thread before, else [`ThreadCtx::none()`] — or, as by default, [`thread`](Platform::thread).
+    /// The fast paths ask this, so that a platform whose `thread` sets the context up lazily
+    /// keeps that call (and the registers it clobbers) off every allocation and free; `none`
+    /// needs no test there: its heap is the empty heap, so an allocation takes its slow path,
+    /// which asks `thread`, and a free finds no page it owns (a thread without a context owns
+    /// none). Never null.
     #[inline(always)]
     fn thread_if_any(&self) -> *const ThreadCtx {
         self.thread()

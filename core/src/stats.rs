@@ -71,6 +71,8 @@ pub struct Stats {
     pub abandoned_pages: usize,
     /// Heaps owned by threads.
     pub heaps: usize,
+    /// Heaps whose thread exited, kept whole (their pages included) for the next thread.
+    pub vacant_heaps: usize,
     /// Live vmap areas.
     pub vmap_areas: usize,
     /// Bytes mapped by live vmap areas.
@@ -214,7 +216,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 36] = [
+        let rows: [(&str, &dyn fmt::Display); 37] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -222,6 +224,7 @@ impl fmt::Display for Stats {
             ("slab pages", &self.slab_pages),
             ("abandoned pages", &self.abandoned_pages),
             ("heaps", &self.heaps),
+            ("vacant heaps", &self.vacant_heaps),
             ("vmap areas", &self.vmap_areas),
             ("vmap bytes", &Bytes(self.vmap_bytes as u64)),
             ("page-source maps", &self.os_maps),
@@ -305,7 +308,10 @@ impl<P: Platform> Core<P> {
         // holding `pages` while taking `heaps` (the reverse of the allocator's lock order).
         let segments = self.lock(&self.pages).segments;
         let abandoned_pages = self.lock(&self.abandoned).count;
-        let heaps = self.lock(&self.heaps).live;
+        let (heaps, vacant_heaps) = {
+            let pool = self.lock(&self.heaps);
+            (pool.live, pool.vacant_count)
+        };
         let limit_origin = *self.lock(&self.limit_origin);
         let pc = &r.pressure_counters;
         Stats {
@@ -315,6 +321,7 @@ impl<P: Platform> Core<P> {
             slab_pages: c.slab_pages.load(Ordering::Relaxed),
             abandoned_pages,
             heaps,
+            vacant_heaps,
             vmap_areas,
             vmap_bytes,
             os_maps: c.os_maps.load(Ordering::Relaxed) as u64,

@@ -529,32 +529,35 @@ unsafe impl Platform for StdPlatform {
 
 /// The thread's context in a shared library, without `__tls_get_addr`: an 8-byte slot in the
 /// library's *initial-exec* TLS — at a fixed offset from the thread pointer, found through one
-/// GOT load — holds the address of the thread's `THREAD` (null until the thread's first
-/// allocation). Two instructions and a test instead of a call per allocation and per free
-/// (measured: 6.8 % of glibc-thread's time was `__tls_get_addr`). Rust's `thread_local!` in a
-/// `cdylib` always takes the general-dynamic model; `#[thread_local]` and `-Z tls-model` are
-/// unstable, hence the assembly.
+/// GOT load — holds the address of the thread's `THREAD` (`ThreadCtx::none()` until the thread's
+/// first allocation). Two instructions instead of a call per allocation and per free
+/// (measured: 6.8 % of glibc-thread's time was `__tls_get_addr`), and no test: `none` has the
+/// empty heap. Rust's `thread_local!` in a `cdylib` always takes the general-dynamic model;
+/// `#[thread_local]` and `-Z tls-model` are unstable, hence the assembly.
 #[cfg(all(feature = "tls-initial-exec", target_arch = "x86_64", target_os = "linux", not(miri)))]
 mod initial_exec {
     use super::THREAD;
     use ctxalloc_core::ThreadCtx;
 
-    // The slot: zero-initialised TLS (`.tbss`), global within the library (codegen units and
-    // LTO may put the definition and the references in different objects) but hidden: not
-    // exported, so another copy in the process is another slot.
+    // The slot: TLS initialised to the address of `NO_THREAD` (`.tdata`: the loader relocates
+    // the initialisation image before it copies it for the first thread, and every thread
+    // starts from the relocated image), global within the library (codegen units and LTO may
+    // put the definition and the references in different objects) but hidden: not exported,
+    // so another copy in the process is another slot.
     core::arch::global_asm!(
-        ".section .tbss,\"awT\",@nobits",
+        ".section .tdata,\"awT\",@progbits",
         ".p2align 3",
         ".globl ctxalloc_thread_slot",
         ".hidden ctxalloc_thread_slot",
         ".type ctxalloc_thread_slot, @object",
         ".size ctxalloc_thread_slot, 8",
         "ctxalloc_thread_slot:",
-        ".zero 8",
+        ".quad {none}",
         ".text",
+        none = sym ctxalloc_core::NO_THREAD,
     );
 
-    /// This thread's slot: its `THREAD`, or null before its first allocation.
+    /// This thread's slot: its `THREAD`, or `ThreadCtx::none()` before its first allocation.
     #[inline(always)]
     pub(super) fn slot() -> *const ThreadCtx {
         let v: usize;
@@ -575,7 +578,7 @@ mod initial_exec {
     #[inline(always)]
     pub(super) fn thread() -> *const ThreadCtx {
         let t = slot();
-        if !t.is_null() {
+        if t != ThreadCtx::none() {
             return t;
         }
         first()

@@ -269,14 +269,15 @@ unsafe impl Platform for MockPlatform {
         self.in_atomic.load(Ordering::Relaxed)
     }
 
-    /// Null until `thread` ran on this thread for this instance (and again after another
-    /// instance was used on it): the fast paths' out-of-line way in is exercised too.
+    /// `ThreadCtx::none()` until `thread` ran on this thread for this instance (and again after
+    /// another instance was used on it): the fast paths' way in for a thread without a context
+    /// is exercised too.
     fn thread_if_any(&self) -> *const ThreadCtx {
         let (id, ctx) = LAST.with(|l| l.get());
         if id == self.id {
             ctx
         } else {
-            core::ptr::null()
+            ThreadCtx::none()
         }
     }
 

@@ -585,7 +585,8 @@ impl<P: Platform> Core<P> {
             return true;
         }
         let areas = self.lock(&self.vmap).clock.armed();
-        areas || self.lock(&self.pages).clock.armed()
+        let heaps = self.lock(&self.heaps).clock.armed();
+        areas || heaps || self.lock(&self.pages).clock.armed()
     }
 
     /// Sleeps until background reclaim is wanted, or `timeout_ns`; returns whether it is

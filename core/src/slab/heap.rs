@@ -13,6 +13,7 @@
 use super::page::{Page, PageQueue};
 use super::remote::{Block, Push};
 use super::segment::Miss;
+use super::MAX_VACANT;
 use super::SLICE_SIZE;
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
@@ -36,8 +37,10 @@ pub struct Heap {
     pub(crate) queues: [PageQueue; NUM_CLASSES],
     /// Pages found full, per class; scanned for frees before a fresh page is taken.
     pub(crate) full: [PageQueue; NUM_CLASSES],
-    /// Next free heap in the pool. Pool lock.
+    /// Next heap on the pool's free or vacant list. Pool lock.
     pub(crate) pool_next: *mut Heap,
+    /// While vacant: when its thread left it (platform clock). Pool lock.
+    pub(crate) vacated_at: u64,
     /// Next heap ever created. Pool lock; never unlinked.
     pub(crate) all_next: *mut Heap,
     /// Owned by a thread (or the orphan slot). Pool lock.
@@ -55,6 +58,9 @@ pub struct Heap {
     /// (Release, so it is set before any list edit becomes visible); read by the child of
     /// `fork`, which must not walk lists a vanished thread left half-edited.
     pub(crate) busy: AtomicBool,
+    /// On the pool's vacant list. Written under the pool lock; read without it (Relaxed) by a
+    /// thread freeing into one of the heap's pages, which then takes the lock and looks again.
+    pub(crate) vacant: AtomicBool,
 }
 
 /// Marks a heap busy for the scope of a slow path; restores the previous state (slow paths
@@ -107,12 +113,14 @@ impl Heap {
             queues: [PageQueue::EMPTY; NUM_CLASSES],
             full: [PageQueue::EMPTY; NUM_CLASSES],
             pool_next: ptr::null_mut(),
+            vacated_at: 0,
             all_next: ptr::null_mut(),
             live: false,
             retired: 0,
             slow: 0,
             retire_due: 0,
             busy: AtomicBool::new(false),
+            vacant: AtomicBool::new(false),
         }
     }
 
@@ -194,6 +202,49 @@ impl Heap {
         page
     }
 
+    /// Whether `page` is on one of `heap`'s lists of `class`. `page` is only compared.
+    ///
+    /// # Safety
+    /// The caller owns `heap`; `class < NUM_CLASSES`.
+    unsafe fn holds(heap: *mut Heap, class: usize, page: *mut Page) -> bool {
+        // SAFETY: per the contract, the lists and their pages are ours to walk.
+        unsafe {
+            for list in [Heap::queue(heap, class), Heap::full(heap, class)] {
+                let mut p = list.head;
+                while !p.is_null() {
+                    if p == page {
+                        return true;
+                    }
+                    p = (*p).next;
+                }
+            }
+            false
+        }
+    }
+
+    /// Takes `page` off `heap`'s lists (and its page table, moving the class on to the next
+    /// queued page).
+    ///
+    /// # Safety
+    /// The caller owns `heap` and `page`, which is on one of its lists.
+    unsafe fn unlink(heap: *mut Heap, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe {
+            let class = (*page).class as usize;
+            if (*page).in_full {
+                Heap::full(heap, class).remove(page);
+                (*page).in_full = false;
+            } else {
+                let q = Heap::queue(heap, class);
+                q.remove(page);
+                if Heap::direct(heap, class) == page {
+                    let next = if q.head.is_null() { Page::empty() } else { q.head };
+                    Heap::set_direct(heap, class, next);
+                }
+            }
+        }
+    }
+
     /// Resets a heap to "owns nothing".
     ///
     /// # Safety
@@ -253,7 +304,8 @@ impl<P: Platform> Core<P> {
     /// to the orphan heap, then finds a page with room.
     ///
     /// # Safety
-    /// `t` is the calling thread's context; `class < NUM_CLASSES`; `size ≤ class_size(class)`.
+    /// `t` is the calling thread's context or [`ThreadCtx::none()`]; `class < NUM_CLASSES`;
+    /// `size ≤ class_size(class)`.
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(
         &self,
@@ -262,6 +314,8 @@ impl<P: Platform> Core<P> {
         size: usize,
         call: Gfp,
     ) -> *mut u8 {
+        // A thread the platform had no context for gets its own now.
+        let t = if t == ThreadCtx::none() { self.platform.thread() } else { t };
         #[cfg(feature = "hardened")]
         crate::hardened::ensure(self.platform.now_ns());
         self.start_background_if_wanted();
@@ -494,17 +548,7 @@ impl<P: Platform> Core<P> {
         // SAFETY: the owner works on its own lists.
         unsafe {
             let _busy = Busy::enter(heap);
-            let class = (*page).class as usize;
-            if (*page).in_full {
-                Heap::full(heap, class).remove(page);
-            } else {
-                let q = Heap::queue(heap, class);
-                q.remove(page);
-                if Heap::direct(heap, class) == page {
-                    let next = if q.head.is_null() { Page::empty() } else { q.head };
-                    Heap::set_direct(heap, class, next);
-                }
-            }
+            Heap::unlink(heap, page);
             self.span_free(page);
         }
     }
@@ -530,8 +574,15 @@ impl<P: Platform> Core<P> {
                 // The page was given back: every block of it was freed already.
                 return self.bad_slab_free(block.cast(), "its page holds no live block (freed twice?)");
             }
+            // Read before the push: after it, the page may be collected and given back.
+            let owner = (*page).owner.load(Ordering::Relaxed);
+            let class = (*page).class as usize;
+            let vacant = !owner.is_null() && (*owner).vacant.load(Ordering::Relaxed);
             loop {
                 if (*page).remote.push(block) == Push::Done {
+                    if vacant {
+                        self.vacant_collect(owner, class, page);
+                    }
                     return;
                 }
                 if self.free_abandoned(&*self.platform.thread(), page, block) {
@@ -539,6 +590,41 @@ impl<P: Platform> Core<P> {
                 }
             }
         }
+    }
+
+    /// After a free into `page` of the vacant heap `heap`: takes the page's remote list onto
+    /// its free list, and gives the page back if that emptied it — memory of an exited thread
+    /// returns as its blocks are freed, while the heap waits for the next thread. Nothing if
+    /// the heap is no longer vacant (a thread took it, or it was dissolved: its new owner, or
+    /// the abandonment, took the list) or no longer holds the page (a free before this one gave
+    /// it back); `page` is not read before it is found on the heap's lists.
+    ///
+    /// # Safety
+    /// `heap` is a heap (heaps are never unmapped); `class < NUM_CLASSES`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn vacant_collect(&self, heap: *mut Heap, class: usize, page: *mut Page) {
+        let empty = {
+            let _pool = self.lock(&self.heaps);
+            // SAFETY: a vacant heap and its pages belong to the holder of the pool lock; `page`
+            // is dereferenced only once found on the heap's lists, which hold live pages only.
+            unsafe {
+                if !(*heap).vacant.load(Ordering::Relaxed) || !Heap::holds(heap, class, page) {
+                    return;
+                }
+                let remote = (*page).remote.take();
+                if !remote.is_null() {
+                    self.absorb_remote(page, remote);
+                }
+                if (*page).used != 0 {
+                    return;
+                }
+                Heap::unlink(heap, page);
+                page
+            }
+        };
+        // SAFETY: off the vacant heap's lists, no block in use: ours.
+        unsafe { self.span_free(empty) };
     }
 
     /// Frees into an abandoned page: the freeing thread adopts the page if it has a heap (later
@@ -704,11 +790,44 @@ impl<P: Platform> Core<P> {
         unsafe { (*heap).retired = 0 };
     }
 
-    /// Gives the calling thread a heap, charged in the context of the allocation that needs it
-    /// (`call`: a NOFAIL first allocation must not fail on its heap either — found by the `ops`
-    /// fuzz target).
+    /// Readies an exiting thread's heap for vacancy: every page takes its remote list, and the
+    /// pages that hold no live block go back — except the page each class allocates from (the
+    /// next thread's warm start).
+    ///
+    /// # Safety
+    /// The caller owns `heap`.
+    unsafe fn heap_tidy(&self, heap: *mut Heap) {
+        for class in 0..NUM_CLASSES {
+            // SAFETY: the caller owns the heap and its pages. Each list's head is read through
+            // a reference that ends at once: freeing a page edits the lists.
+            unsafe {
+                for full in [false, true] {
+                    let mut page =
+                        if full { Heap::full(heap, class).head } else { Heap::queue(heap, class).head };
+                    while !page.is_null() {
+                        let next = (*page).next;
+                        let remote = (*page).remote.take();
+                        if !remote.is_null() {
+                            self.absorb_remote(page, remote);
+                        }
+                        if (*page).used == 0 && page != Heap::direct(heap, class) {
+                            self.page_free_empty(heap, page);
+                        }
+                        page = next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the calling thread a heap: the newest vacant one, whole, or one charged in the
+    /// context of the allocation that needs it (`call`: a NOFAIL first allocation must not fail
+    /// on its heap either — found by the `ops` fuzz target).
     pub(crate) fn thread_attach(&self, t: &ThreadCtx, call: Gfp) -> Result<*mut Heap, Cause> {
-        let heap = self.heap_acquire(self.effective_of(call, t))?;
+        let heap = match self.heap_take_vacant() {
+            Some(h) => h,
+            None => self.heap_acquire(self.effective_of(call, t))?,
+        };
         t.heap.set(heap);
         t.state.set(ThreadState::Active as u8);
         self.out("thread_attached").thread_attached();
@@ -843,5 +962,104 @@ impl<P: Platform> Core<P> {
         }
         pool.free = heap;
         pool.live -= 1;
+    }
+
+    /// The newest vacant heap, now the caller's with every page it holds, or `None`.
+    fn heap_take_vacant(&self) -> Option<*mut Heap> {
+        let mut pool = self.lock(&self.heaps);
+        let h = pool.take_vacant();
+        if h.is_null() {
+            return None;
+        }
+        if pool.vacant_count == 0 {
+            pool.clock.disarm();
+        }
+        // SAFETY: a vacant heap, ours now under the pool lock.
+        unsafe {
+            (*h).live = true;
+            (*h).vacant.store(false, Ordering::Relaxed);
+        }
+        pool.live += 1;
+        Some(h)
+    }
+
+    /// Leaves the heap of an exiting thread vacant, whole, for the next thread to take; the
+    /// oldest vacant heap beyond [`MAX_VACANT`] is dissolved. Starts the vacant heaps' purge
+    /// clock (no thread is started: a thread's exit is like a free).
+    ///
+    /// # Safety
+    /// `heap` was the exiting thread's; nobody else uses it.
+    pub(crate) unsafe fn heap_vacate(&self, heap: *mut Heap) {
+        // SAFETY: the caller's heap.
+        unsafe { self.heap_tidy(heap) };
+        let (surplus, first) = {
+            let mut pool = self.lock(&self.heaps);
+            let now = self.platform.now_ns();
+            // SAFETY: the caller's heap; its pool fields under the pool lock.
+            unsafe {
+                (*heap).live = false;
+                (*heap).vacant.store(true, Ordering::Relaxed);
+                (*heap).vacated_at = now;
+                (*heap).pool_next = pool.vacant;
+            }
+            pool.vacant = heap;
+            pool.vacant_count += 1;
+            pool.live -= 1;
+            let first = pool.clock.arm(|| now);
+            let surplus = if pool.vacant_count > MAX_VACANT {
+                pool.take_oldest_vacant(|_| true)
+            } else {
+                ptr::null_mut()
+            };
+            (surplus, first)
+        };
+        if !surplus.is_null() {
+            // SAFETY: taken off the vacant list: ours.
+            unsafe { self.heap_dissolve(surplus) };
+        }
+        if first {
+            self.purge_wanted();
+        }
+    }
+
+    /// Dissolves vacant heaps — every one, or with `aged` those vacant for
+    /// [`PURGE_DELAY_NS`](crate::PURGE_DELAY_NS) — and returns whether some are still waiting.
+    pub(crate) fn heaps_dissolve(&self, aged: bool) -> bool {
+        loop {
+            let h = {
+                let mut pool = self.lock(&self.heaps);
+                let now = if aged { self.platform.now_ns() } else { 0 };
+                let h =
+                    pool.take_oldest_vacant(|at| !aged || now.saturating_sub(at) >= crate::PURGE_DELAY_NS);
+                if h.is_null() {
+                    pool.clock.disarm();
+                    if pool.vacant_count == 0 {
+                        return false;
+                    }
+                    // The younger ones wait their own delay.
+                    pool.clock.arm(|| now);
+                    return true;
+                }
+                h
+            };
+            // SAFETY: taken off the vacant list: ours.
+            unsafe { self.heap_dissolve(h) };
+        }
+    }
+
+    /// Abandons a vacant heap's pages and returns it to the free list.
+    ///
+    /// # Safety
+    /// `heap` was taken off the vacant list; nobody else uses it.
+    unsafe fn heap_dissolve(&self, heap: *mut Heap) {
+        // SAFETY: per the contract.
+        unsafe {
+            (*heap).vacant.store(false, Ordering::Relaxed);
+            self.heap_abandon(heap);
+        }
+        let mut pool = self.lock(&self.heaps);
+        // SAFETY: pool fields under the pool lock.
+        unsafe { (*heap).pool_next = pool.free };
+        pool.free = heap;
     }
 }

@@ -28,6 +28,7 @@ pub(crate) mod remote;
 pub(crate) mod segmap;
 pub(crate) mod segment;
 
+pub(crate) use abandon::MAX_VACANT;
 pub(crate) use segment::META_MAX;
 
 /// log2 of the segment size.

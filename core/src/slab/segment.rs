@@ -584,7 +584,7 @@ impl<P: Platform> Core<P> {
     }
 
     fn purge_aged_inner(&self) -> bool {
-        let areas = self.area_cache_flush(true);
+        let areas = self.area_cache_flush(true) | self.heaps_dissolve(true);
         {
             let ph = self.lock(&self.pages);
             if !ph.clock.due(|| self.platform.now_ns()) {

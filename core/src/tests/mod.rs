@@ -4,7 +4,7 @@
 use crate::mock::model::Model;
 use crate::mock::MockPlatform;
 use crate::size_class::SLAB_MAX;
-use crate::{Core, Gfp, Platform, SEGMENT_SIZE, SLICE_SIZE};
+use crate::{Core, Gfp, Platform, ThreadCtx, SEGMENT_SIZE, SLICE_SIZE};
 use core::alloc::Layout;
 use std::sync::mpsc;
 use std::thread;
@@ -228,14 +228,14 @@ fn a_thread_whose_first_call_is_a_free_frees_remotely_then_allocates() {
     let a = p.addr();
     thread::scope(|s| {
         s.spawn(|| {
-            assert!(core.platform().thread_if_any().is_null());
+            assert_eq!(core.platform().thread_if_any(), ThreadCtx::none());
             // SAFETY: the main thread's block, given up.
             unsafe { core.kfree(core.platform().ptr_from_addr(a)) };
-            assert!(core.platform().thread_if_any().is_null(), "a remote free needs no context");
+            assert_eq!(core.platform().thread_if_any(), ThreadCtx::none(), "a remote free needs no context");
             // SAFETY: a valid layout.
             let q = unsafe { core.alloc(l) };
             assert!(!q.is_null() && q.addr() != a);
-            assert!(!core.platform().thread_if_any().is_null());
+            assert_ne!(core.platform().thread_if_any(), ThreadCtx::none());
             // SAFETY: this thread's block.
             unsafe { core.dealloc(q, l) };
             core.thread_exit();
@@ -259,13 +259,10 @@ fn a_thread_whose_first_call_is_a_free_frees_remotely_then_allocates() {
     assert_all_returned(&core);
 }
 
-#[test]
-fn pages_of_exited_threads_are_adopted_and_returned() {
-    let core = new_core(32);
-    let n = if MIRI { 40 } else { 3000 };
+/// A thread allocates `n` blocks of a few sizes and exits; its blocks outlive it.
+fn blocks_of_an_exited_thread(core: &Core<MockPlatform>, n: usize) -> Vec<(usize, Layout)> {
     let sizes = [16, 100, 2000, 30_000];
-    // A thread allocates and exits; its blocks outlive it.
-    let blocks: Vec<(usize, Layout)> = thread::scope(|s| {
+    thread::scope(|s| {
         s.spawn(|| {
             let v: Vec<_> = (0..n)
                 .map(|i| {
@@ -281,10 +278,105 @@ fn pages_of_exited_threads_are_adopted_and_returned() {
         })
         .join()
         .unwrap()
+    })
+}
+
+#[test]
+fn the_next_thread_takes_an_exited_threads_heap_whole() {
+    // What larson and thread pools do: a thread hands its blocks to its successor and exits.
+    // The successor gets the vacant heap — its pages, for every class — so it allocates
+    // without a fresh page and its frees of the blocks are local: pages empty out at once.
+    let core = new_core(32);
+    let n = if MIRI { 40 } else { 3000 };
+    let blocks = blocks_of_an_exited_thread(&core, n);
+    let s = core.stats();
+    assert_eq!((s.heaps, s.vacant_heaps, s.abandoned_pages), (0, 1, 0), "{s}");
+    let pages = s.slab_pages;
+    thread::scope(|s| {
+        s.spawn(|| {
+            let l = Layout::from_size_align(100, 8).unwrap();
+            // SAFETY: valid layout; the thread's first allocation takes the vacant heap.
+            let p = unsafe { core.alloc(l) };
+            let st = core.stats();
+            assert_eq!((st.heaps, st.vacant_heaps, st.slab_pages), (1, 0, pages), "{st}");
+            for &(b, l) in &blocks {
+                // SAFETY: live blocks with their layouts.
+                unsafe { core.dealloc(core.platform().ptr_from_addr(b), l) };
+            }
+            // SAFETY: this thread's block.
+            unsafe { core.dealloc(p, l) };
+            // Local frees: every page went back or is the one kept per class, without a trim.
+            let st = core.stats();
+            assert!(st.slab_pages <= 4, "{st}");
+            core.thread_exit();
+        });
+    });
+    assert_all_returned(&core);
+}
+
+#[test]
+fn freeing_the_blocks_of_an_exited_thread_gives_its_pages_back_while_its_heap_waits() {
+    // Frees into a vacant heap's pages are remote frees; the freeing thread collects the page
+    // and gives it back once it holds no live block — no trim, no next thread needed.
+    let core = new_core(32);
+    let n = if MIRI { 40 } else { 3000 };
+    let blocks = blocks_of_an_exited_thread(&core, n);
+    let before = core.stats();
+    assert_eq!(before.vacant_heaps, 1, "{before}");
+    for &(b, l) in &blocks {
+        // SAFETY: live blocks with their layouts.
+        unsafe { core.dealloc(core.platform().ptr_from_addr(b), l) };
+    }
+    let s = core.stats();
+    assert_eq!(s.vacant_heaps, 1, "the heap still waits for a thread\n{s}");
+    // What stays: the page each class allocates from (the next thread's warm start), and the
+    // one the last of its blocks was freed into if that is it.
+    assert!(s.slab_pages <= 4 && s.slab_pages < before.slab_pages, "{before}\n{s}");
+    assert_all_returned(&core);
+}
+
+#[test]
+fn at_most_max_vacant_heaps_wait_and_the_oldest_is_dissolved() {
+    // One more thread than vacant heaps are kept, all holding a heap at once, then all exiting
+    // with a block live: the heap vacated first is dissolved, its page abandoned.
+    let core = new_core(64);
+    let l = Layout::from_size_align(100, 8).unwrap();
+    let n = crate::slab::MAX_VACANT + 1;
+    let all_have_heaps = std::sync::Barrier::new(n);
+    let kept: Vec<usize> = thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    // SAFETY: a valid layout.
+                    let p = unsafe { core.alloc(l) };
+                    all_have_heaps.wait();
+                    core.thread_exit();
+                    p.addr()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let s = core.stats();
+    assert_eq!((s.heaps, s.vacant_heaps), (0, crate::slab::MAX_VACANT), "{s}");
+    assert_eq!(s.abandoned_pages, 1, "the oldest vacant heap was dissolved\n{s}");
+    for p in kept {
+        // SAFETY: live blocks of `l`.
+        unsafe { core.dealloc(core.platform().ptr_from_addr(p), l) };
+    }
+    assert_all_returned(&core);
+}
+
+#[test]
+fn pages_of_exited_threads_are_adopted_and_returned() {
+    let core = new_core(32);
+    let n = if MIRI { 40 } else { 3000 };
+    let blocks = blocks_of_an_exited_thread(&core, n);
+    // Dissolved (as its purge delay or a trim does): its pages with live blocks are abandoned.
+    core.trim();
+    let s = core.stats();
     assert!(s.abandoned_pages > 0, "{s}");
-    assert_eq!(s.heaps, 0, "the exited heap went back to the pool\n{s}");
+    assert_eq!((s.heaps, s.vacant_heaps), (0, 0), "the exited heap went back to the pool\n{s}");
     // Half freed by a thread without a heap (locked path), half by one with a heap (adoption).
     let (a, b) = blocks.split_at(blocks.len() / 2);
     thread::scope(|s| {
@@ -639,12 +731,13 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
         unsafe { core.dealloc(p.as_ptr(), l) };
     }
     // A live thread keeps at most one empty page per class (for its next slow paths, tested
-    // below); at exit it keeps none.
+    // below); at exit its heap waits, whole, for the next thread — until the purge delay.
     let classes = sizes.step_by(if MIRI { 240 } else { 16 }).count();
     assert!(core.stats().slab_pages <= classes, "{}", core.stats());
     core.thread_exit();
     let s = core.stats();
-    assert_eq!(s.slab_pages, 0, "an empty page was kept\n{s}");
+    assert_eq!((s.heaps, s.vacant_heaps), (0, 1), "{s}");
+    assert!(s.slab_pages <= classes, "{s}");
     let dirty = core.usage();
     assert!(dirty > SLICE_SIZE, "{s}");
     assert!(core.purge_aged(), "dirty memory is waiting");
@@ -657,6 +750,7 @@ fn freed_memory_goes_back_after_the_purge_delay_without_a_trim() {
     assert!(calls as u64 * 1_000_000 >= crate::PURGE_DELAY_NS / 2, "purged after {calls} ms");
     let s = core.stats();
     assert!(s.usage <= SLICE_SIZE, "usage {} after the purge\n{s}", s.usage);
+    assert_eq!((s.slab_pages, s.vacant_heaps), (0, 0), "the vacant heap was dissolved\n{s}");
     // The statistics say who gave it back: idle purges, every byte of it.
     assert!(s.aged_purges >= 1, "{s}");
     assert_eq!(s.aged_purged_bytes, (dirty - s.usage) as u64, "{s}");
