@@ -2,7 +2,8 @@
 //!
 //! ctxalloc for C and C++ programs. `libctxalloc_preload.so` exports the C allocator —
 //! `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`, `aligned_alloc`,
-//! `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`, `malloc_stats` — and
+//! `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`, `malloc_stats`, on
+//! x86_64 Linux C++'s `operator new` and `operator delete` in every form (`cxx`) — and
 //! the scoped-context API of `include/ctxalloc.h`: `ctxalloc_nofs_save()` /
 //! `ctxalloc_nofs_restore()` and their NOIO, NORECLAIM and NOFAIL siblings, a memory limit,
 //! and shrinkers with C callbacks. A FUSE daemon or a storage engine written in C gets what
@@ -23,10 +24,12 @@
 //! statistics — the proof that interposition happened (CI checks it for git, python3, sqlite3
 //! and gcc).
 //!
-//! Modules: `malloc` (the C allocator), `api` (the `ctxalloc_*` functions), `log` (the
-//! interposition log). No function here unwinds: a panic aborts (`extern "C"`).
+//! Modules: `malloc` (the C allocator), `cxx` (C++'s operators), `api` (the `ctxalloc_*`
+//! functions), `log` (the interposition log). No function here unwinds: a panic aborts (`extern "C"`).
 
 mod api;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod cxx;
 mod log;
 mod malloc;
 

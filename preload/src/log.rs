@@ -65,11 +65,15 @@ fn open_log(path: *const libc::c_char) -> Result<i32, i32> {
 fn cannot_open(path: *const libc::c_char, errno: i32) {
     // SAFETY: a NUL-terminated string from the environment.
     let shown = unsafe { std::ffi::CStr::from_ptr(path) }.to_str().unwrap_or("(not UTF-8)");
-    let mut b = ReportBuf::new();
-    let _ = writeln!(
-        b,
+    write_line(&format_args!(
         "ctxalloc-preload: ignoring CTXALLOC_PRELOAD_LOG={shown:?}: cannot append to it (errno {errno})"
-    );
+    ));
+}
+
+/// One line on stderr, formatted without allocating.
+pub(crate) fn write_line(msg: &fmt::Arguments<'_>) {
+    let mut b = ReportBuf::new();
+    let _ = writeln!(b, "{msg}");
     write_all(libc::STDERR_FILENO, b.as_str());
 }
 

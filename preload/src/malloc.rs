@@ -28,45 +28,55 @@ pub(crate) fn set_errno(e: i32) {
 }
 
 /// Allocates `size` bytes at `align` (a power of two), zeroed if asked; null and `ENOMEM` if
-/// the layout is impossible or no memory can be had. Out of line: `malloc` inlines its own
-/// fast path.
-#[inline(never)]
+/// the layout is impossible or no memory can be had.
 fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
-    count();
-    let Ok(layout) = Layout::from_size_align(size, align.max(MALLOC_ALIGN)) else {
-        set_errno(libc::ENOMEM);
-        return ptr::null_mut();
-    };
-    // SAFETY: any layout is accepted (a zero size gets a minimal block).
-    let p = unsafe {
-        if zero {
-            ALLOC.alloc_zeroed(layout)
-        } else {
-            ALLOC.alloc(layout)
-        }
-    };
+    let p = alloc_raw(size, align, zero);
     if p.is_null() {
         set_errno(libc::ENOMEM);
     }
-    p.cast()
+    p
 }
 
-/// `malloc(3)`.
-#[no_mangle]
-pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    // One compare: the core's own test of the same bound folds into it.
-    if size > ctxalloc::SMALL_MAX {
-        return alloc(size, MALLOC_ALIGN, false);
+/// [`alloc`] without `errno`. Out of line: `malloc` inlines its own fast path.
+#[inline(never)]
+fn alloc_raw(size: usize, align: usize, zero: bool) -> *mut c_void {
+    count();
+    let Ok(layout) = Layout::from_size_align(size, align.max(MALLOC_ALIGN)) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: any layout is accepted (a zero size gets a minimal block).
+    unsafe {
+        if zero {
+            ALLOC.alloc_zeroed(layout).cast()
+        } else {
+            ALLOC.alloc(layout).cast()
+        }
+    }
+}
+
+/// `malloc`'s allocation of `size` bytes at `align` (a power of two), without `errno`: a block
+/// or null. The small sizes inline; one compare — the core's own test of the same bound folds
+/// into it.
+#[inline(always)]
+pub(crate) fn alloc_block(size: usize, align: usize) -> *mut c_void {
+    if size > ctxalloc::SMALL_MAX || align > MALLOC_ALIGN {
+        return alloc_raw(size, align, false);
     }
     count();
     // SAFETY: a small size at a power-of-two alignment.
     let layout = unsafe { Layout::from_size_align_unchecked(size, MALLOC_ALIGN) };
     // SAFETY: any layout is accepted.
-    let p = unsafe { ALLOC.alloc(layout) };
+    unsafe { ALLOC.alloc(layout).cast() }
+}
+
+/// `malloc(3)`.
+#[no_mangle]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    let p = alloc_block(size, MALLOC_ALIGN);
     if p.is_null() {
         set_errno(libc::ENOMEM);
     }
-    p.cast()
+    p
 }
 
 /// `calloc(3)`: null and `ENOMEM` if `n * size` overflows. Fresh memory is not cleared twice.

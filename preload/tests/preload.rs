@@ -21,9 +21,9 @@ fn library() -> PathBuf {
     found.unwrap_or_else(|| panic!("libctxalloc_preload.so not built: looked for {candidates:?}")).clone()
 }
 
-/// Compiles `tests/c/<name>.c` against the header and the library, linked as an installed one
-/// is (`-lctxalloc`: the names `libctxalloc.so` and, its SONAME, `libctxalloc.so.0`, point at the
-/// build); returns the program.
+/// Compiles `tests/c/<name>.c` (or `.cpp`) against the header and the library, linked as an
+/// installed one is (`-lctxalloc`: the names `libctxalloc.so` and, its SONAME,
+/// `libctxalloc.so.0`, point at the build); returns the program.
 fn compile(name: &str, lib: &Path) -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -34,11 +34,16 @@ fn compile(name: &str, lib: &Path) -> PathBuf {
         let _ = std::fs::remove_file(libdir.join(link));
         std::os::unix::fs::symlink(lib, libdir.join(link)).expect("a link to the library");
     }
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let cxx = here.join(format!("tests/c/{name}.cpp")).exists();
+    let (cc, std, source) = if cxx {
+        (std::env::var("CXX").unwrap_or_else(|_| "c++".into()), "-std=c++17", format!("{name}.cpp"))
+    } else {
+        (std::env::var("CC").unwrap_or_else(|_| "cc".into()), "-std=c11", format!("{name}.c"))
+    };
     let build = Command::new(&cc)
-        .args(["-std=c11", "-O1", "-g", "-Wall", "-Werror", "-pthread", "-I"])
+        .args([std, "-O1", "-g", "-Wall", "-Werror", "-pthread", "-I"])
         .arg(here.join("include"))
-        .arg(here.join(format!("tests/c/{name}.c")))
+        .arg(here.join("tests/c").join(source))
         .arg("-o")
         .arg(&exe)
         .arg(format!("-L{}", libdir.display()))
@@ -91,6 +96,20 @@ fn the_c_api_and_the_malloc_family_under_ld_preload() {
         .unwrap_or(0);
     assert!(calls > 100_000, "{line}");
     assert!(line.contains("bad-frees 1"), "{line}");
+}
+
+/// C++'s operators from a C++ program: every form of `new` and `delete` is ctxalloc's, and out
+/// of memory (a 16 MiB limit, a 64 MiB `new`) the new_handler runs once, then `std::bad_alloc`
+/// is thrown (through libstdc++'s form, jumped to), and the nothrow forms return null.
+#[test]
+fn cxx_operators_new_and_delete_and_bad_alloc() {
+    let lib = library();
+    let exe = compile("cxx", &lib);
+    let run = Command::new(&exe).env("LD_PRELOAD", &lib).output().expect("running the C++ test");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stdout.contains("0 failures"), "{}\n{stdout}\n{stderr}", run.status);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{stdout}");
 }
 
 /// The thread-exit hang of mimalloc-bench's xmalloc-test, as a regression test: threads that
