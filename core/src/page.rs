@@ -300,6 +300,21 @@ impl<P: Platform> Core<P> {
         p
     }
 
+    /// Maps at a given address beside a mapping, counting the call (see [`Platform::map_at`]).
+    ///
+    /// # Safety
+    /// As [`Platform::map_at`].
+    pub(crate) unsafe fn os_map_at(&self, addr: usize, len: usize) -> bool {
+        let p = self.platform.ptr_from_addr(addr);
+        // SAFETY: forwarded; a mapping's neighbourhood is never null.
+        let mapped = unsafe { self.out("map_at").map_at(NonNull::new_unchecked(p), len) };
+        if mapped {
+            self.counters.os_maps.fetch_add(1, Ordering::Relaxed);
+            crate::track::unpoison(p, len);
+        }
+        mapped
+    }
+
     /// Unmaps, counting the call.
     ///
     /// # Safety

@@ -213,6 +213,18 @@ pub unsafe trait Platform: Sync {
         None
     }
 
+    /// Maps `len` bytes (a multiple of `PAGE_SIZE`) at exactly `addr` (page-aligned) if no
+    /// mapping overlaps that range — a new mapping beside an existing one, so that an area can
+    /// grow in place without moving (mmap's `MAP_FIXED_NOREPLACE`); false, mapping nothing,
+    /// otherwise or if unsupported. The new range reads as zero if `MAP_ZEROED`.
+    ///
+    /// # Safety
+    /// `addr` and `len` as described.
+    unsafe fn map_at(&self, addr: NonNull<u8>, len: usize) -> bool {
+        let _ = (addr, len);
+        false
+    }
+
     /// A pointer with the provenance of the mapping that contains `addr`. The default uses the
     /// provenance `map` exposed; a platform with one arena can rebuild from the arena's base
     /// (which keeps miri's strict checks on).

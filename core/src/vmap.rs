@@ -1,6 +1,6 @@
 //! vmap: the vmalloc-like path for requests above the slab maximum or with alignments no size
-//! class has. Page-granular mappings straight from the page source, resized in place with
-//! `remap` where the platform can, and a registry of areas.
+//! class has. Page-granular mappings straight from the page source, grown in place by a mapping
+//! right after them (or moved by `remap`) where the platform can, and a registry of areas.
 //!
 //! Each area has a descriptor ([`VmArea`]) allocated *from the slab*, and that allocation runs
 //! inside an internal scope equal to the caller's effective context — the kernel's fix for
@@ -16,8 +16,11 @@
 //! a page fault (5–25 MiB blocks churned: page faults were 12× tcmalloc's when only a cached
 //! area of about the same size could be reused). An allocation takes the smallest cached area
 //! that is long enough, split when more than an eighth would be left over (the rest stays
-//! cached); failing that, where the platform can `remap`, the longest shorter one, grown — its
-//! touched pages move with it. A freed area merges with cached neighbours. The cache holds at
+//! cached); failing that, the longest shorter one, grown in place by a mapping beside it —
+//! below, where the kernel puts new mappings, else above — or, failing that, moved and grown by
+//! `remap`: its touched pages serve the area either way, and only the growth is faulted in
+//! (page faults 359 k → 254 k on mimalloc-bench's malloc-large; tcmalloc 185 k). A freed area
+//! merges with cached neighbours. The cache holds at
 //! most [`AREA_CACHE`] areas and as many bytes as are in use outside it (plus 4 MiB; shorter
 //! areas go first when usage falls), and none under a memory limit (there usage is what the
 //! limit sees); `trim` empties it, and the background thread once it has served no allocation
@@ -209,8 +212,8 @@ impl<P: Platform> Core<P> {
         }
 
         // The area: a cached one, or charged and mapped, through reclaim when the limit or the
-        // page source refuses (a real ENOMEM takes the same path as the limit). `dirty`: bytes
-        // at its start that may hold old data.
+        // page source refuses (a real ENOMEM takes the same path as the limit). `dirty`: the
+        // range of it that may hold old data.
         let mut attempt = Attempt::new(len);
         let (p, len, dirty) = if let Some(hit) = self.area_cache_take(len, align, eff) {
             hit
@@ -219,7 +222,7 @@ impl<P: Platform> Core<P> {
                 if self.charge(len, attempt.context(eff)) {
                     // SAFETY: `len` and `align` are page multiples; `align` a power of two.
                     match unsafe { self.os_map(len, align) } {
-                        Some(p) => break (p, len, 0),
+                        Some(p) => break (p, len, (0, 0)),
                         None => self.uncharge(len),
                     }
                 }
@@ -241,9 +244,10 @@ impl<P: Platform> Core<P> {
             }
         }
         if call.contains(Gfp::ZERO) {
-            let n = if P::MAP_ZEROED { dirty.min(layout.size()) } else { layout.size() };
-            // SAFETY: the mapping is ours and `len` long.
-            unsafe { ptr::write_bytes(p.as_ptr(), 0, n) };
+            let (from, to) = if P::MAP_ZEROED { dirty } else { (0, len) };
+            let (from, to) = (from.min(layout.size()), to.min(layout.size()));
+            // SAFETY: the mapping is ours and `len` long; `from ≤ to ≤ len`.
+            unsafe { ptr::write_bytes(p.as_ptr().add(from), 0, to - from) };
         }
         p.as_ptr()
     }
@@ -425,17 +429,18 @@ impl<P: Platform> Core<P> {
         self.uncharge(len);
     }
 
-    /// A cached area for `len` bytes (page multiple) at `align`, as `(pointer, its length,
-    /// bytes at its start that may hold old data)`: the shortest cached area at least `len`
-    /// long — split if more than an eighth would be left, the rest staying cached — or, with
-    /// `remap` and a page alignment, the longest shorter one grown to `len` (the growth charged
-    /// in `eff`); `None` if neither.
+    /// A cached area for `len` bytes (page multiple) at `align`, as `(pointer, its length, the
+    /// range of it that may hold old data)`: the shortest cached area at least `len` long —
+    /// split if more than an eighth would be left, the rest staying cached — or, at a page
+    /// alignment, the longest shorter one grown to `len` (the growth charged in `eff`): in place
+    /// by a mapping beside it — below, where new mappings usually go, else above — or, failing
+    /// that, moved by `remap`; its touched pages serve the area either way. `None` if neither.
     fn area_cache_take(
         &self,
         len: usize,
         align: usize,
         eff: Effective,
-    ) -> Option<(NonNull<u8>, usize, usize)> {
+    ) -> Option<(NonNull<u8>, usize, (usize, usize))> {
         if !P::CAN_PURGE {
             return None;
         }
@@ -455,7 +460,11 @@ impl<P: Platform> Core<P> {
                 reg.served = true;
                 crate::track::unpoison(self.platform.ptr_from_addr(a), take);
                 // SAFETY: a cached mapping of ours that nobody uses.
-                return Some((unsafe { NonNull::new_unchecked(self.platform.ptr_from_addr(a)) }, take, take));
+                return Some((
+                    unsafe { NonNull::new_unchecked(self.platform.ptr_from_addr(a)) },
+                    take,
+                    (0, take),
+                ));
             }
             if align > P::PAGE_SIZE {
                 return None;
@@ -470,17 +479,35 @@ impl<P: Platform> Core<P> {
             crate::track::unpoison(self.platform.ptr_from_addr(a), l);
             (a, l)
         };
-        // Grown outside the lock: `remap` is a call out.
-        if self.charge(len - short, eff) {
+        // Grown outside the lock: mapping is a call out.
+        let more = len - short;
+        if self.charge(more, eff) {
+            // SAFETY: page-aligned ranges beside a cached mapping of ours that nobody uses.
+            unsafe {
+                if addr >= more && self.os_map_at(addr - more, more) {
+                    return Some((
+                        NonNull::new_unchecked(self.platform.ptr_from_addr(addr - more)),
+                        len,
+                        (more, len),
+                    ));
+                }
+                if self.os_map_at(addr + short, more) {
+                    return Some((
+                        NonNull::new_unchecked(self.platform.ptr_from_addr(addr)),
+                        len,
+                        (0, short),
+                    ));
+                }
+            }
             // SAFETY: a cached mapping of ours that nobody uses (or adjacent ones: then the
             // platform refuses and the area goes back).
             let moved = unsafe {
                 self.out("remap").remap(NonNull::new_unchecked(self.platform.ptr_from_addr(addr)), short, len)
             };
             if let Some(p) = moved {
-                return Some((p, len, short));
+                return Some((p, len, (0, short)));
             }
-            self.uncharge(len - short);
+            self.uncharge(more);
         }
         // SAFETY: still ours and unused.
         unsafe { self.area_cache_put(addr, short) };
@@ -550,13 +577,18 @@ impl<P: Platform> Core<P> {
             let eff = self.effective_of(call, t);
             let grow = new_len.saturating_sub(old_len);
             if grow == 0 || self.charge(grow, eff) {
-                // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded.
+                // SAFETY: `ptr`/`old_len` is the live mapping; `new_len` is page-rounded. Growth
+                // tries a mapping right after it first: in place, nothing moves.
                 let moved = unsafe {
-                    self.out("remap").remap(
-                        NonNull::new_unchecked(self.platform.ptr_from_addr(ptr.addr())),
-                        old_len,
-                        new_len,
-                    )
+                    if grow != 0 && self.os_map_at(ptr.addr() + old_len, grow) {
+                        Some(NonNull::new_unchecked(ptr))
+                    } else {
+                        self.out("remap").remap(
+                            NonNull::new_unchecked(self.platform.ptr_from_addr(ptr.addr())),
+                            old_len,
+                            new_len,
+                        )
+                    }
                 };
                 match moved {
                     Some(p) => {

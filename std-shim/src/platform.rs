@@ -438,6 +438,33 @@ unsafe impl Platform for StdPlatform {
         NonNull::new(p)
     }
 
+    #[cfg(not(miri))]
+    unsafe fn map_at(&self, addr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: a fresh private anonymous mapping at a page-aligned address; the kernel
+        // refuses (EEXIST) rather than replace anything there.
+        let p = unsafe {
+            libc::mmap(
+                addr.as_ptr().cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        if p != addr.as_ptr().cast() {
+            // A kernel older than 4.17 takes the flag for a hint: not where it was wanted.
+            // SAFETY: the mapping just made, nobody's.
+            unsafe { libc::munmap(p, len) };
+            return false;
+        }
+        p.cast::<u8>().expose_provenance();
+        true
+    }
+
     fn report(&self, msg: &str) {
         let mut b = msg.as_bytes();
         while !b.is_empty() {

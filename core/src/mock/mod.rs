@@ -318,6 +318,26 @@ unsafe impl Platform for MockPlatform {
         None
     }
 
+    unsafe fn map_at(&self, addr: NonNull<u8>, len: usize) -> bool {
+        if self.fail_all.load(Ordering::Relaxed)
+            || self.fail_maps.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+            || !self.contains(addr.as_ptr().addr(), len)
+        {
+            return false;
+        }
+        assert!(len.is_multiple_of(PAGE) && addr.as_ptr().addr().is_multiple_of(PAGE));
+        let first = (addr.as_ptr().addr() - self.base.as_ptr().addr()) / PAGE;
+        let n = len / PAGE;
+        let mut guard = self.mapped.lock().unwrap();
+        let bits = &mut guard.0;
+        if (first..first + n).any(|i| bits[i / 64] >> (i % 64) & 1 == 1) {
+            return false;
+        }
+        self.set_range(bits, first, n, true);
+        self.mapped_pages.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize) {
         assert!(self.contains(ptr.as_ptr().addr(), len), "mock: unmap outside the arena");
         if Self::MAP_ZEROED {

@@ -790,6 +790,34 @@ fn a_large_area_cache_in_use_outlives_the_purge_delay_and_goes_once_idle() {
 }
 
 #[test]
+fn a_large_area_grows_in_place_when_the_addresses_after_it_are_free() {
+    // realloc of a large area: a mapping right after it, nothing moved or copied.
+    let core = new_core(64);
+    let l = Layout::from_size_align(1 << 20, 8).unwrap();
+    // The first area maps the registry's table after it; the second has free addresses after it
+    // (the mock maps next-fit, upwards).
+    let first = core.alloc_with(l, Gfp::KERNEL).unwrap();
+    let p = core.alloc_with(l, Gfp::KERNEL).unwrap();
+    // SAFETY: 1 MiB of ours.
+    unsafe { p.as_ptr().write_bytes(0x5A, 1 << 20) };
+    let usage = core.usage();
+    // SAFETY: a live area of `l`, resized within vmap.
+    let q = unsafe { core.realloc(p.as_ptr(), l, 3 << 20) };
+    assert_eq!(q, p.as_ptr(), "grown in place");
+    assert_eq!(core.usage(), usage + (2 << 20), "the growth is charged");
+    // SAFETY: 3 MiB of ours.
+    let bytes = unsafe { core::slice::from_raw_parts(q, 3 << 20) };
+    assert!(bytes[..1 << 20].iter().step_by(if MIRI { 4093 } else { 1 }).all(|&b| b == 0x5A));
+    // SAFETY: the live areas, at their sizes.
+    unsafe {
+        core.dealloc(q, Layout::from_size_align(3 << 20, 8).unwrap());
+        core.dealloc(first.as_ptr(), l);
+    }
+    core.thread_exit();
+    assert_all_returned(&core);
+}
+
+#[test]
 fn a_freed_large_area_serves_the_next_one() {
     // The area cache: a freed area is kept mapped and serves the next large allocations (no
     // new mapping): split when longer, merged when freed, grown when shorter; ZERO still gets
@@ -827,11 +855,14 @@ fn a_freed_large_area_serves_the_next_one() {
     assert_eq!((whole, core.stats().os_maps), (p, maps), "merged back into one area");
     // SAFETY: live area of `l`.
     unsafe { core.dealloc(whole.as_ptr(), l) };
-    // Too short a cached area grows (by `remap`: its touched pages move), zeroed if asked.
+    // Too short a cached area grows in place — a mapping of the growth beside it (below, where
+    // the platform has room, else above) — keeping its touched pages; zeroed if asked.
     let bigger = Layout::from_size_align(5 << 20, 8).unwrap();
     let usage = core.usage();
     let r = core.alloc_with(bigger, Gfp::ZERO).unwrap();
-    assert_eq!(core.stats().os_maps, maps, "grown, not mapped afresh");
+    assert_eq!(core.stats().os_maps, maps + 1, "the growth mapped, not the whole");
+    let below = p.as_ptr().addr() - (2 << 20);
+    assert!(r.as_ptr().addr() == p.as_ptr().addr() || r.as_ptr().addr() == below, "grown in place");
     assert_eq!(core.usage(), usage + (2 << 20), "the growth is charged");
     // SAFETY: 5 MiB of ours.
     let zeroed = unsafe { core::slice::from_raw_parts(r.as_ptr(), 5 << 20) };
