@@ -84,11 +84,13 @@ pub(crate) fn report(args: std::fmt::Arguments<'_>) {
 /// gives back free memory that has waited `PURGE_DELAY_NS` (an idle program shrinks). Started
 /// by the first limit or the first free page.
 ///
-/// It exits once it has had nothing to do for [`IDLE_EXIT_NS`] (`CTXALLOC_BACKGROUND_IDLE`),
-/// and the next wake starts a
-/// new one: a process whose threads all end with `pthread_exit` ends when the last one does,
-/// instead of living on for a thread it never created (seen under LD_PRELOAD: CPython's
-/// `test_threading` forks from a thread, and the child's last thread calls `pthread_exit`).
+/// It exits once it has had nothing to do for [`IDLE_EXIT_NS`] (`CTXALLOC_BACKGROUND_IDLE`) —
+/// while the heap holds little (memory later frees could leave waiting for the purge is no
+/// more than the purge slack: a free never starts this thread), or when it is the process's
+/// last thread — and the next wake starts a new one: a process whose threads all end with
+/// `pthread_exit` ends when the last one does, instead of living on for a thread it never
+/// created (seen under LD_PRELOAD: CPython's `test_threading` forks from a thread, and the
+/// child's last thread calls `pthread_exit`).
 extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
     #[cfg(target_os = "linux")]
     // SAFETY: names the calling thread; the name is a NUL-terminated literal under 16 bytes.
@@ -105,7 +107,9 @@ extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
             CORE.background_reclaim();
             continue;
         }
-        if pending || CORE.background_pending() {
+        // With memory in the heap that frees to come could leave waiting (a free never starts
+        // this thread), stay — unless this is the process's last thread: then leaving ends it.
+        if pending || CORE.background_pending() || (CORE.background_should_stay() && !last_thread()) {
             continue;
         }
         // Idle: leave, unless work arrived while we decided to (see `BackgroundThread`).
@@ -113,6 +117,19 @@ extern "C" fn background_main(_: *mut libc::c_void) -> *mut libc::c_void {
             return ptr::null_mut();
         }
     }
+}
+
+/// Whether the calling thread is the only one left in the process (`num_threads` of
+/// `/proc/self/stat`, read without allocating); false where that cannot be read.
+fn last_thread() -> bool {
+    let Some(path) = crate::container::fs::StackPath::of(&[b"/proc/self/stat"]) else { return false };
+    let mut buf = [0u8; 1024];
+    let Ok(stat) = crate::container::fs::read_file(&path, &mut buf) else { return false };
+    // After the command's closing parenthesis (the name may hold spaces and parentheses): the
+    // state is the 3rd field, `num_threads` the 20th.
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };
+    let field = stat[close + 1..].split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty()).nth(17);
+    field == Some(b"1".as_slice())
 }
 
 /// How long the background thread waits for work before it exits: 1 s, or

@@ -121,6 +121,33 @@ fn child_background_thread_lifecycle() {
 }
 
 #[test]
+fn the_background_thread_stays_while_the_heap_holds_memory_frees_could_leave_waiting() {
+    assert_child_passes(
+        "child_background_thread_stays_for_held_memory",
+        &[("CTXALLOC_BACKGROUND_IDLE", "1ms")],
+    );
+}
+
+/// A program allocates, holds its memory with nothing for the background thread to do, then
+/// frees it all and goes quiet. A free never starts the thread: had it idled out during the
+/// hold (1 ms here), the freed memory would stay resident for good. It stays while the heap
+/// holds more than the purge slack, and purges.
+#[test]
+fn child_background_thread_stays_for_held_memory() {
+    if !is_child("child_background_thread_stays_for_held_memory") {
+        return;
+    }
+    let before = ctxalloc::usage();
+    let held: Vec<Box<[u8; 1000]>> = (0..64_000).map(|i| Box::new([i as u8; 1000])).collect();
+    ctxalloc::trim(); // nothing waits for a purge: the thread has nothing to do
+    wait_until(60, "the background thread started", || background_threads() == 1);
+    // A thousand looks at /proc (tens of milliseconds) — a thousand idle timeouts: it stays.
+    assert!((0..1000).all(|_| background_threads() == 1), "the background thread left");
+    drop(held);
+    wait_until(60, "the freed memory was purged", || ctxalloc::usage() <= before + (4 << 20));
+}
+
+#[test]
 fn threads_exit_while_the_background_thread_idles_out_and_restarts() {
     assert_child_passes("child_thread_churn_and_background_restarts", &[("CTXALLOC_BACKGROUND_IDLE", "1ms")]);
 }

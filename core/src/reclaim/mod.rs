@@ -576,6 +576,15 @@ impl<P: Platform> Core<P> {
         self.nudge_background();
     }
 
+    /// Whether a background thread that exits when idle should stay although it has nothing to
+    /// do now: the heap holds more than the purge slack, so frees to come could leave that much
+    /// memory waiting for its purge — and a free never starts the thread (see
+    /// [`Platform::background_if_running`](crate::Platform::background_if_running)): a program
+    /// that frees its memory and then goes quiet would keep it resident for good.
+    pub fn background_should_stay(&self) -> bool {
+        self.acct.usage() > crate::slab::PURGE_SLACK
+    }
+
     /// Whether the background thread has work: reclaim was asked for, or freed memory waits
     /// for its purge. A platform whose background thread exits when idle (the std one) checks
     /// this *after* announcing the exit: whoever set up work before that announcement is seen

@@ -37,6 +37,10 @@ pub struct Heap {
     pub(crate) queues: [PageQueue; NUM_CLASSES],
     /// Pages found full, per class; scanned for frees before a fresh page is taken.
     pub(crate) full: [PageQueue; NUM_CLASSES],
+    /// The pool's fields, from here to the next marker, have a cache line of their own:
+    /// `vacant` is read by every thread freeing into one of the heap's pages, and must not
+    /// share a line with what the owner writes on its slow paths.
+    _pool_line: [CacheLine; 0],
     /// Next heap on the pool's free or vacant list. Pool lock.
     pub(crate) pool_next: *mut Heap,
     /// While vacant: when its thread left it (platform clock). Pool lock.
@@ -45,6 +49,10 @@ pub struct Heap {
     pub(crate) all_next: *mut Heap,
     /// Owned by a thread (or the orphan slot). Pool lock.
     pub(crate) live: bool,
+    /// On the pool's vacant list. Written under the pool lock; read without it (Relaxed) by a
+    /// thread freeing into one of the heap's pages, which then takes the lock and looks again.
+    pub(crate) vacant: AtomicBool,
+    _owner_line: [CacheLine; 0],
     /// Classes whose direct page went empty and is kept for reuse (bit `class`). Owner only.
     /// Invariant: bit set ⇒ `direct[class]` is a live page of this heap (it may be in use
     /// again; the next slow path clears the bit then).
@@ -58,10 +66,11 @@ pub struct Heap {
     /// (Release, so it is set before any list edit becomes visible); read by the child of
     /// `fork`, which must not walk lists a vanished thread left half-edited.
     pub(crate) busy: AtomicBool,
-    /// On the pool's vacant list. Written under the pool lock; read without it (Relaxed) by a
-    /// thread freeing into one of the heap's pages, which then takes the lock and looks again.
-    pub(crate) vacant: AtomicBool,
 }
+
+/// A zero-sized field of this type starts the next field on a new cache line.
+#[repr(align(64))]
+struct CacheLine;
 
 /// Marks a heap busy for the scope of a slow path; restores the previous state (slow paths
 /// nest: a retire inside an adoption).
@@ -112,15 +121,17 @@ impl Heap {
             direct: [(&raw const super::page::EMPTY_PAGE.0).cast_mut(); NUM_CLASSES],
             queues: [PageQueue::EMPTY; NUM_CLASSES],
             full: [PageQueue::EMPTY; NUM_CLASSES],
+            _pool_line: [],
             pool_next: ptr::null_mut(),
             vacated_at: 0,
             all_next: ptr::null_mut(),
             live: false,
+            vacant: AtomicBool::new(false),
+            _owner_line: [],
             retired: 0,
             slow: 0,
             retire_due: 0,
             busy: AtomicBool::new(false),
-            vacant: AtomicBool::new(false),
         }
     }
 

@@ -29,7 +29,7 @@ pub(crate) mod segmap;
 pub(crate) mod segment;
 
 pub(crate) use abandon::MAX_VACANT;
-pub(crate) use segment::META_MAX;
+pub(crate) use segment::{META_MAX, PURGE_SLACK};
 
 /// log2 of the segment size.
 pub const SEGMENT_SHIFT: usize = 22;

@@ -30,7 +30,7 @@ use core::ptr::{self, NonNull};
 const ALL_SLICES: u64 = !1;
 
 /// Dirty bytes tolerated before free slices are purged at once (plus an eighth of `usage()`).
-const PURGE_SLACK: usize = 8 << 20;
+pub(crate) const PURGE_SLACK: usize = 8 << 20;
 
 /// Segments whose dirty slices one trip of the page-heap lock takes for purging.
 const PURGE_BATCH: usize = 16;
