@@ -56,6 +56,7 @@ pub struct MockPlatform {
     clock: AtomicU64,
     /// Calls of `background_wanted`.
     background_wakeups: AtomicUsize,
+    huge_advised: AtomicUsize,
     /// Run by `background_wanted`: a test's stand-in for a thread start that allocates.
     on_background: Mutex<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
     /// What `background_if_running` answers: false stands for "no background thread runs".
@@ -123,6 +124,7 @@ impl MockPlatform {
             echo: std::env::var_os("CTXALLOC_MOCK_ECHO").is_some(),
             clock: AtomicU64::new(0),
             background_wakeups: AtomicUsize::new(0),
+            huge_advised: AtomicUsize::new(0),
             on_background: Mutex::new(None),
             background_runs: AtomicBool::new(true),
             in_atomic: AtomicBool::new(false),
@@ -166,6 +168,11 @@ impl MockPlatform {
     /// tests call `Core::background_reclaim` themselves).
     pub fn background_wakeups(&self) -> usize {
         self.background_wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the core advised to be backed by huge pages so far.
+    pub fn huge_advised(&self) -> usize {
+        self.huge_advised.load(Ordering::Relaxed)
     }
 
     /// Makes `background_wanted` run `f` on the calling thread — what the std platform's
@@ -316,6 +323,11 @@ unsafe impl Platform for MockPlatform {
             }
         }
         None
+    }
+
+    unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
+        assert!(self.contains(ptr.as_ptr().addr(), len), "mock: advice outside the arena");
+        self.huge_advised.fetch_add(len, Ordering::Relaxed);
     }
 
     unsafe fn map_at(&self, addr: NonNull<u8>, len: usize) -> bool {

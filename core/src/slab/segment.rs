@@ -418,6 +418,7 @@ impl<P: Platform> Core<P> {
             self.uncharge(hdr);
             return None;
         };
+        self.advise_huge(p.as_ptr().addr(), SEGMENT_SIZE);
         let seg = p.as_ptr().cast::<Segment>();
         // SAFETY: fresh memory of at least a slice; all-zero and the empty page in every slot
         // is a valid empty header.
