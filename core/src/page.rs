@@ -305,11 +305,13 @@ impl<P: Platform> Core<P> {
         p
     }
 
-    /// Advises huge pages for `[addr, addr + len)`, part of a fresh mapping, once the heap has
-    /// grown past [`HUGE_FROM`] and has no limit (see [`Platform::advise_huge`]). Beside a 4 MiB
-    /// segment of a heap of 100 MB, 512 page faults become 2 (serde_json parsing 8 MiB: page
-    /// faults 56 k → 11 k, time −35 %); below the threshold, a small program keeps its resident
-    /// set to the 4 KiB pages it touches.
+    /// Advises huge pages for `[addr, addr + len)`, a fresh segment, once the heap has grown
+    /// past [`HUGE_FROM`] and has no limit (see [`Platform::advise_huge`]): for a 4 MiB segment
+    /// of a heap of 100 MB, 512 page faults become 2 (serde_json parsing 8 MiB: page faults
+    /// 56 k → 11 k, time −35 %); below the threshold, a small program keeps its resident set to
+    /// the 4 KiB pages it touches. Not for large areas: a program that touches a few bytes of
+    /// a 20 MiB buffer would get whole huge pages faulted in and zeroed (the Rust suite's
+    /// malloc-large, which touches two bytes a buffer: 15 → 104 ms, 9 → 253 MiB resident).
     pub(crate) fn advise_huge(&self, addr: usize, len: usize) {
         if !P::CAN_PURGE || self.acct.limit().is_some() || self.acct.usage() < HUGE_FROM || len < HUGE_PAGE {
             return;

@@ -227,9 +227,9 @@ pub unsafe trait Platform: Sync {
 
     /// Advises the platform to back `[ptr, ptr + len)` — a part of a mapping, 2 MiB-aligned
     /// where it matters — with huge pages where it can (Linux: `MADV_HUGEPAGE`): one fault and
-    /// one TLB entry per 2 MiB instead of 512. The core asks only for memory of a heap that
-    /// has grown large and has no limit (resident memory then grows in 2 MiB steps, past what
-    /// the limit counts). The default does nothing.
+    /// one TLB entry per 2 MiB instead of 512. The core asks only for the slab segments of a
+    /// heap that has grown large and has no limit (resident memory then grows in 2 MiB steps,
+    /// past what the limit counts). The default does nothing.
     ///
     /// # Safety
     /// The range lies inside one mapping of the caller's.

@@ -222,10 +222,7 @@ impl<P: Platform> Core<P> {
                 if self.charge(len, attempt.context(eff)) {
                     // SAFETY: `len` and `align` are page multiples; `align` a power of two.
                     match unsafe { self.os_map(len, align) } {
-                        Some(p) => {
-                            self.advise_huge(p.as_ptr().addr(), len);
-                            break (p, len, (0, 0));
-                        }
+                        Some(p) => break (p, len, (0, 0)),
                         None => self.uncharge(len),
                     }
                 }
@@ -488,7 +485,6 @@ impl<P: Platform> Core<P> {
             // SAFETY: page-aligned ranges beside a cached mapping of ours that nobody uses.
             unsafe {
                 if addr >= more && self.os_map_at(addr - more, more) {
-                    self.advise_huge(addr - more, more);
                     return Some((
                         NonNull::new_unchecked(self.platform.ptr_from_addr(addr - more)),
                         len,
@@ -496,7 +492,6 @@ impl<P: Platform> Core<P> {
                     ));
                 }
                 if self.os_map_at(addr + short, more) {
-                    self.advise_huge(addr + short, more);
                     return Some((
                         NonNull::new_unchecked(self.platform.ptr_from_addr(addr)),
                         len,
