@@ -577,7 +577,7 @@ impl<P: Platform> Core<P> {
     }
 
     /// Whether a background thread that exits when idle should stay although it has nothing to
-    /// do now: the heap holds more than the purge slack, so frees to come could leave that much
+    /// do now: the heap holds more than the purge slack (16 MiB), so frees to come could leave that much
     /// memory waiting for its purge — and a free never starts the thread (see
     /// [`Platform::background_if_running`](crate::Platform::background_if_running)): a program
     /// that frees its memory and then goes quiet would keep it resident for good.
