@@ -606,7 +606,7 @@ fn dirty_slices_are_purged_past_the_threshold() {
         return; // needs tens of MiB of blocks
     }
     let slack = crate::slab::PURGE_SLACK;
-    let core = new_core(3 * slack >> 20);
+    let core = new_core((3 * slack) >> 20);
     let l = Layout::from_size_align(4096, 8).unwrap();
     // Twice the slack and more of 4 KiB blocks; keep one block per four 64 KiB pages so
     // segments stay partly used (a quarter of the pages stay).
