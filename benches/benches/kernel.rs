@@ -1,6 +1,8 @@
 //! The kernel shim against the other region allocators a `no_std` kernel would use, each over a
-//! 64 MiB region of its own, in one criterion run: `KernelAlloc` (threads as CPUs),
-//! `linked_list_allocator::LockedHeap` and `talc` (`Talck` over a spin lock). Before the timings
+//! 64 MiB region of its own, in one criterion run: `KernelAlloc` (threads as CPUs) as it comes
+//! and with its exact-fit tier serving every size (`ctxalloc-kernel-fit`:
+//! `Core::set_exact_fit(Some(0))`), `linked_list_allocator::LockedHeap` and `talc` (`Talck`
+//! over a spin lock). Before the timings
 //! it prints each one's heap efficiency: the most bytes a random workload held live before the
 //! first refusal, as a share of the region. Workloads: mixed small sizes with random lifetimes
 //! (64 and 4096 live), same-size churn (the list allocators' best case), larson on two threads,
@@ -17,12 +19,13 @@ use talc::{ErrOnOom, Span, Talc, Talck};
 
 const REGION: usize = 64 << 20;
 const SIZES: [usize; 8] = [16, 24, 32, 48, 64, 96, 128, 256];
-const NAMES: [&str; 3] = ["ctxalloc-kernel", "talc", "linked_list"];
+const NAMES: [&str; 4] = ["ctxalloc-kernel", "ctxalloc-kernel-fit", "talc", "linked_list"];
 
 ctxalloc_tests::host_platform!(ChurnCpus);
 ctxalloc_tests::host_platform!(RingCpus);
 ctxalloc_tests::host_platform!(FillCpus);
 ctxalloc_tests::host_platform!(SkewedCpus);
+ctxalloc_tests::host_platform!(Fit256Cpus);
 ctxalloc_tests::host_platform!(LarsonCpus);
 
 /// A leaked, zeroed region of `REGION` bytes, `skew` bytes past a segment boundary: 0 is what
@@ -38,6 +41,14 @@ fn region(skew: usize) -> *mut u8 {
 
 fn kernel<P: ctxalloc_kernel::Platform + 'static>(p: P) -> &'static KernelAlloc<P> {
     kernel_at(p, 0)
+}
+
+/// [`kernel`] with the exact-fit tier serving every size: the region packed as a list
+/// allocator packs it, one lock per allocation.
+fn kernel_fit<P: ctxalloc_kernel::Platform + 'static>(p: P) -> &'static KernelAlloc<P> {
+    let k = kernel_at(p, 0);
+    k.core().set_exact_fit(Some(0));
+    k
 }
 
 fn kernel_at<P: ctxalloc_kernel::Platform + 'static>(p: P, skew: usize) -> &'static KernelAlloc<P> {
@@ -71,6 +82,15 @@ macro_rules! with_region_allocator {
             "ctxalloc-kernel" => {
                 static ONE: std::sync::OnceLock<&'static KernelAlloc<$cpus>> = std::sync::OnceLock::new();
                 let $a = *ONE.get_or_init(|| kernel($cpus));
+                $body
+            }
+            "ctxalloc-kernel-fit" => {
+                // A platform type of its own: a context belongs to one allocator.
+                mod fit {
+                    ctxalloc_tests::host_platform!(Cpus);
+                }
+                static ONE: std::sync::OnceLock<&'static KernelAlloc<fit::Cpus>> = std::sync::OnceLock::new();
+                let $a = *ONE.get_or_init(|| kernel_fit(fit::Cpus));
                 $body
             }
             "talc" => {
@@ -123,10 +143,14 @@ fn bench(c: &mut Criterion) {
     println!("heap efficiency (most bytes live before the first refusal ÷ 64 MiB region, segment-aligned):");
     for name in NAMES {
         let e = with_region_allocator!(name, FillCpus, |a| efficiency(a));
-        println!("  {name:<16} {:.1} %", 100.0 * e);
+        println!("  {name:<20} {:.1} %", 100.0 * e);
     }
     let skewed = efficiency(kernel_at(SkewedCpus, SEGMENT_SIZE / 2));
     println!("  ctxalloc-kernel, region off segment alignment by 2 MiB: {:.1} %", 100.0 * skewed);
+    // Exact fit above 256 B: the workloads below (16–256 B) stay on the per-CPU slab.
+    let k = kernel(Fit256Cpus);
+    k.core().set_exact_fit(Some(256));
+    println!("  ctxalloc-kernel, exact fit above 256 B: {:.1} %", 100.0 * efficiency(k));
 
     // Mixed small sizes, random lifetimes: a random live block freed, one of a random size
     // allocated — the heap fragments as a kernel's does.

@@ -6,6 +6,7 @@
 //! `dealloc` and `realloc` receive is the one the block was allocated (or last reallocated) with,
 //! so a free always reaches the backend that owns the pointer.
 
+use crate::fit::FitHeap;
 use crate::gfp::{Effective, Gfp};
 use crate::lock::{deferred, CallOuts, Lock, LockGuard};
 use crate::page::{Accounting, LimitError, LimitOrigin, UsageOf};
@@ -32,8 +33,9 @@ use core::ptr::{self, NonNull};
 
 /// The allocator: one per process (std) or per kernel, usually in a `static`.
 ///
-/// Locks, in the order they nest: `orphan` → `heaps` → `abandoned` → `vmap` → `pages` (and, with
-/// the `tags` feature, the tag names and the tag table, taken alone). None is held across a call
+/// Locks, in the order they nest: `orphan` → `heaps` → `abandoned` → `vmap` → `pages`; `fit`
+/// (the exact-fit tier) is a leaf, taken under none but `orphan` and taking none (and, with the
+/// `tags` feature, the tag names and the tag table, taken alone). None is held across a call
 /// out of the allocator — a platform hook, a futex wait or wake, a report — nor across a call
 /// that could reclaim, wait, or allocate: what such a call would do is recorded and done once
 /// the lock is released (see `lock`).
@@ -85,6 +87,13 @@ pub struct Core<P: Platform> {
     /// out, decremented when it is freed (Relaxed: the free of an area happens after its
     /// allocation, so it sees the increment).
     pub(crate) kv_live: AtomicUsize,
+    /// The exact-fit tier's free lists (see `slab::fit`). A leaf lock: nothing is taken or
+    /// called out while it is held.
+    pub(crate) fit: Lock<FitHeap>,
+    /// Slab-sized requests above this many bytes go to the exact-fit tier (`usize::MAX`: none).
+    /// Relaxed: a request that sees an old value is served by the other tier, which is right
+    /// too.
+    pub(crate) fit_above: AtomicUsize,
     /// Where the limit came from: set with it (`set_limit_from`), read by `stats`. A leaf
     /// lock, held across `fork`.
     pub(crate) limit_origin: Lock<LimitOrigin>,
@@ -141,6 +150,8 @@ impl<P: Platform> Core<P> {
             orphan: Lock::held_across_fork("orphan", OrphanSlot(ptr::null_mut())),
             vmap: Lock::held_across_fork("vmap", Registry::new()),
             kv_live: AtomicUsize::new(0),
+            fit: Lock::held_across_fork("fit", FitHeap::new()),
+            fit_above: AtomicUsize::new(usize::MAX),
             limit_origin: Lock::held_across_fork("limit_origin", LimitOrigin::EMPTY),
             reclaim: Reclaim::new(),
             counters: Counters::new(),
@@ -352,8 +363,27 @@ impl<P: Platform> Core<P> {
             if !(*page).free.is_null() {
                 return pop(self, page, size, false);
             }
-            self.alloc_slow(t, small_class(size), size, Gfp::KERNEL)
+            self.alloc_small_slow(t, size)
         }
+    }
+
+    /// The slow path of [`alloc_small`](Self::alloc_small): the exact-fit tier if it serves
+    /// the size (its classes' pages then never fill the fast path's table), else the slab's.
+    ///
+    /// # Safety
+    /// As [`alloc_small_in`](Self::alloc_small_in).
+    #[inline(never)]
+    unsafe fn alloc_small_slow(&self, t: *const ThreadCtx, size: usize) -> *mut u8 {
+        if size > self.fit_above.load(Ordering::Relaxed) {
+            // SAFETY: a slab size; every exact-fit block is 16-byte aligned, all a small
+            // request asks.
+            let p = unsafe { self.fit_alloc(Layout::from_size_align_unchecked(size, 16), Gfp::KERNEL) };
+            if !p.is_null() {
+                return p;
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { self.alloc_slow(t, small_class(size), size, Gfp::KERNEL) }
     }
 
     /// Small sizes at alignments above the minimum.
@@ -498,6 +528,10 @@ impl<P: Platform> Core<P> {
         }
         // SAFETY: a live page of a live segment; the owner may walk its own lists.
         unsafe {
+            if Page::is_fit(page) {
+                // Its blocks' headers tell a double free for sure.
+                return self.fit_free(page, block);
+            }
             let own = (*page).owner.load(Ordering::Relaxed) == (*self.platform.thread()).heap.get();
             if !own || self.on_free_lists(page, block) {
                 return self.bad_slab_free(block.cast(), "freed twice");
@@ -528,8 +562,17 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn alloc_gfp(&self, layout: Layout, call: Gfp) -> *mut u8 {
         self.entry("alloc");
         match class_for(layout.size(), layout.align()) {
-            // SAFETY: the class serves the layout.
-            Some(class) => unsafe { self.alloc_class(class, layout.size(), call) },
+            Some(class) => {
+                if self.fit_wanted(layout) {
+                    // SAFETY: a slab-sized layout.
+                    let p = unsafe { self.fit_alloc(layout, call) };
+                    if !p.is_null() {
+                        return p;
+                    }
+                }
+                // SAFETY: the class serves the layout.
+                unsafe { self.alloc_class(class, layout.size(), call) }
+            }
             // SAFETY: forwarded.
             None => unsafe { self.vmap_alloc(layout, call) },
         }
@@ -693,7 +736,7 @@ impl<P: Platform> Core<P> {
             (Some(_), _) if self.kv_len(ptr, layout) != 0 => {}
             (Some(_), Some(new_class)) => {
                 // SAFETY: a live slab block.
-                let block = unsafe { (*self.page_of(ptr.addr())).block_size } as usize;
+                let block = unsafe { Self::slab_usable(self.page_of(ptr.addr()), ptr) };
                 if new_size <= block && class_size(new_class) * 2 >= block {
                     crate::track::unpoison(ptr, new_size);
                     return ptr;
@@ -732,7 +775,7 @@ impl<P: Platform> Core<P> {
         match class_for(layout.size(), layout.align()) {
             Some(_) => match self.kv_len(ptr, layout) {
                 // SAFETY: a live slab block.
-                0 => unsafe { (*self.page_of(ptr.addr())).block_size as usize },
+                0 => unsafe { Self::slab_usable(self.page_of(ptr.addr()), ptr) },
                 n => n,
             },
             None => self.vmap_usable(ptr),
@@ -751,11 +794,11 @@ impl<P: Platform> Core<P> {
             // to the empty page, and a freed span's descriptor has block size 0.
             let page = unsafe { self.page_of(ptr.addr()) };
             // SAFETY: as above.
-            if unsafe { (*page).block_size } == 0 {
+            if unsafe { (*page).block_size == 0 && !Page::is_fit(page) } {
                 return Owner::Foreign(crate::slab::heap::NOT_IN_A_PAGE);
             }
-            // SAFETY: as above.
-            return Owner::Slab(unsafe { (*page).block_size } as usize);
+            // SAFETY: as above: a live page (the pointer is taken to be one of its blocks).
+            return Owner::Slab(unsafe { Self::slab_usable(page, ptr) });
         }
         match self.vmap_usable(ptr) {
             0 => Owner::Foreign("not a block ctxalloc handed out"),
@@ -1152,6 +1195,7 @@ impl<P: Platform> Core<P> {
         }
         self.heaps_dissolve(false);
         self.area_cache_flush(false);
+        self.fit_trim();
         self.pages_trim();
         // Nothing waits for a purge now: a background thread sleeping out the purge delay
         // looks again (and, idle, exits) instead of sleeping it out.
@@ -1186,6 +1230,7 @@ impl<P: Platform> Core<P> {
         self.vmap.fork_acquire(relax);
         self.pages.fork_acquire(relax);
         // Leaves: never held while another lock is taken.
+        self.fit.fork_acquire(relax);
         self.limit_origin.fork_acquire(relax);
         self.reclaim.pressure.fork_acquire(relax);
         #[cfg(feature = "tags")]
@@ -1244,6 +1289,7 @@ impl<P: Platform> Core<P> {
             self.debug.tags.fork_release();
             self.reclaim.pressure.fork_release();
             self.limit_origin.fork_release();
+            self.fit.fork_release();
             self.pages.fork_release();
             self.vmap.fork_release();
             self.abandoned.fork_release();

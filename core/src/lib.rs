@@ -87,6 +87,8 @@ mod alloc;
 #[cfg(not(all(loom, test)))]
 mod debug;
 #[cfg(not(all(loom, test)))]
+mod fit;
+#[cfg(not(all(loom, test)))]
 mod gfp;
 #[cfg(all(feature = "hardened", not(all(loom, test))))]
 mod hardened;

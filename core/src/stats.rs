@@ -124,6 +124,11 @@ pub struct Stats {
     /// Small allocations that found no room in their class and no memory for a new page, and
     /// were served from a free block of a larger class instead of failing.
     pub larger_class_allocs: u64,
+    /// Bytes of the exact-fit tier's spans ([`Core::set_exact_fit`]; counted in `slab_pages`
+    /// too).
+    pub exact_fit_bytes: usize,
+    /// Bytes of those spans in blocks handed out, headers included.
+    pub exact_fit_used: usize,
     /// Allocations made inside `FORBID` scopes (feature `forbid-alloc`).
     pub forbidden_allocs: u64,
     /// Allocations failed by fault injection (feature `fault-injection`).
@@ -216,7 +221,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 37] = [
+        let rows: [(&str, &dyn fmt::Display); 39] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -243,6 +248,8 @@ impl fmt::Display for Stats {
             ("mempool reserve uses", &self.mempool_reserve_uses),
             ("mempool waits", &self.mempool_waits),
             ("served by a larger class", &self.larger_class_allocs),
+            ("exact-fit spans", &Bytes(self.exact_fit_bytes as u64)),
+            ("exact-fit in use", &Bytes(self.exact_fit_used as u64)),
             ("failed allocations", &self.alloc_failures),
             ("  too large", &fail(Cause::TooLarge)),
             ("  no reclaim allowed", &fail(Cause::NoReclaim)),
@@ -313,6 +320,10 @@ impl<P: Platform> Core<P> {
             (pool.live, pool.vacant_count)
         };
         let limit_origin = *self.lock(&self.limit_origin);
+        let (exact_fit_bytes, exact_fit_used) = {
+            let fit = self.lock(&self.fit);
+            (fit.span_bytes(), fit.used())
+        };
         let pc = &r.pressure_counters;
         Stats {
             usage: self.acct.usage(),
@@ -346,6 +357,8 @@ impl<P: Platform> Core<P> {
             mempool_reserve_uses: c.mempool_reserve_uses.load(Ordering::Relaxed) as u64,
             mempool_waits: c.mempool_waits.load(Ordering::Relaxed) as u64,
             larger_class_allocs: c.larger_class_allocs.load(Ordering::Relaxed) as u64,
+            exact_fit_bytes,
+            exact_fit_used,
             forbidden_allocs: self.debug.forbidden.load(Ordering::Relaxed) as u64,
             injected_failures: self.debug.injected.load(Ordering::Relaxed) as u64,
             lockcheck_reports: self.debug.lock_reports.load(Ordering::Relaxed) as u64,

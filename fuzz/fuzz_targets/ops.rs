@@ -1,6 +1,7 @@
 //! `ops`: random alloc / free / realloc / zeroed-alloc sequences — with and without a layout
 //! (`kfree`, `krealloc`: C's free and realloc) — with random sizes and alignments, scopes
-//! entered and left, random memory limits and injected page-source failures, on the core over
+//! entered and left, random memory limits, the exact-fit tier turned on and off, and injected
+//! page-source failures, on the core over
 //! the deterministic mock platform. The model checks every step: blocks aligned, inside the
 //! arena, never overlapping, contents intact (also across realloc), zeroed memory zero; the
 //! context word always equals the union of the open scopes; `usage()` equal to what the
@@ -107,9 +108,16 @@ fuzz_target!(|data: &[u8]| {
                         core.platform().fail_next_maps(0);
                     }
                 }
-                _ => match input.byte() % 3 {
+                _ => match input.byte() % 4 {
                     0 => core.platform().fail_next_maps(usize::from(input.byte() % 4)),
                     1 => core.trim(),
+                    // The exact-fit tier on (for every size, or above a random one) or off;
+                    // blocks allocated either way stay live across the change.
+                    2 => core.set_exact_fit(match input.byte() % 3 {
+                        0 => None,
+                        1 => Some(0),
+                        _ => Some(usize::from(input.u16())),
+                    }),
                     _ => m.check_all(),
                 },
             }

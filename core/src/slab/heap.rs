@@ -422,6 +422,9 @@ impl<P: Platform> Core<P> {
                     if let Some(p) = self.alloc_larger(heap, class, size, eff, call.contains(Gfp::ZERO)) {
                         return p;
                     }
+                    if let Some(p) = self.fit_alloc_held(size, class_align(class), call) {
+                        return p;
+                    }
                     return self.reclaim_failed(size, eff, cause);
                 }
             }
@@ -580,6 +583,9 @@ impl<P: Platform> Core<P> {
                 // pointer whose page went back), reported like any pointer ctxalloc does not
                 // hold.
                 return self.bad_free(block.cast(), None, NOT_IN_A_PAGE);
+            }
+            if Page::is_fit(page) {
+                return self.fit_free(page, block);
             }
             if (*page).block_size == 0 {
                 // The page was given back: every block of it was freed already.

@@ -22,6 +22,7 @@
 
 pub(crate) mod abandon;
 mod check;
+pub(crate) mod fit;
 pub(crate) mod heap;
 pub(crate) mod page;
 pub(crate) mod remote;

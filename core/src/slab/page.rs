@@ -41,7 +41,7 @@ pub struct Page {
     pub(crate) remote: RemoteList,
     /// First block. Constant while live.
     pub(crate) start: *mut u8,
-    /// Blocks that fit. Constant while live.
+    /// Blocks that fit (an exact-fit span: its length in bytes). Constant while live.
     pub(crate) capacity: u32,
     /// Blocks carved so far; memory past them is untouched. Owner only.
     pub(crate) reserved: u32,
@@ -59,6 +59,12 @@ pub struct Page {
     /// ([`RETIRE_CYCLES`](crate::slab::heap::RETIRE_CYCLES) after it emptied). Owner only.
     pub(crate) retire_at: u32,
 }
+
+/// `Page::class` of an exact-fit span (`slab::fit`): blocks of any size, each with its size in
+/// a header, no owner — every free of one takes the exact-fit lock. Reset when the span goes
+/// back, so a late free into it is reported as one into a given-back page.
+pub(crate) const FIT_CLASS: u8 = u8::MAX;
+const _: () = assert!(crate::size_class::NUM_CLASSES < FIT_CLASS as usize);
 
 /// A `Page` that may live in a `static`.
 #[repr(transparent)]
@@ -97,6 +103,16 @@ impl Page {
             in_full: false,
             retire_at: 0,
         }
+    }
+
+    /// Whether `page` is a live exact-fit span.
+    ///
+    /// # Safety
+    /// `page` is a descriptor (live, given back, or the empty page).
+    #[inline]
+    pub(crate) unsafe fn is_fit(page: *const Page) -> bool {
+        // SAFETY: per the contract; `class` is constant while the page is live.
+        unsafe { (*page).class == FIT_CLASS }
     }
 
     /// The address of the static empty page.

@@ -17,7 +17,7 @@
 //! there would break the alignment of a whole segment — and a segment holding metadata is
 //! *pinned*: it is never returned.
 
-use super::page::Page;
+use super::page::{Page, FIT_CLASS};
 use super::{SEGMENT_MASK, SEGMENT_SIZE, SLICES, SLICE_SHIFT, SLICE_SIZE};
 use crate::gfp::Effective;
 use crate::page::PurgeClock;
@@ -201,10 +201,17 @@ pub(crate) enum Miss {
     NoSegment,
 }
 
-/// Bits of runs of `n` free slices (`n` a power of two ≤ 8) that start at a multiple of `n`.
+/// Bits of runs of `n` free slices (`n` a power of two ≤ 32) that start at a multiple of `n`.
 #[inline]
 fn runs(free: u64, n: usize) -> u64 {
-    const ALIGNED: [u64; 4] = [!0, 0x5555_5555_5555_5555, 0x1111_1111_1111_1111, 0x0101_0101_0101_0101];
+    const ALIGNED: [u64; 6] = [
+        !0,
+        0x5555_5555_5555_5555,
+        0x1111_1111_1111_1111,
+        0x0101_0101_0101_0101,
+        0x0001_0001_0001_0001,
+        0x0000_0001_0000_0001,
+    ];
     let mut x = free;
     let mut k = 1;
     while k < n {
@@ -258,7 +265,24 @@ impl<P: Platform> Core<P> {
         eff: Effective,
         map: bool,
     ) -> Result<*mut Page, Miss> {
-        let n = class_slices(class);
+        // SAFETY: forwarded.
+        unsafe { self.span_take(owner, class, class_slices(class), eff, map) }
+    }
+
+    /// A fresh span of `n` slices (a power of two ≤ 8) for a page of `class` — a size class,
+    /// or [`FIT_CLASS`](super::page::FIT_CLASS) for an exact-fit span (no owner) — as
+    /// [`span_alloc`](Self::span_alloc).
+    ///
+    /// # Safety
+    /// As [`span_alloc`](Self::span_alloc); `owner` is null for an exact-fit span.
+    pub(crate) unsafe fn span_take(
+        &self,
+        owner: *mut super::heap::Heap,
+        class: usize,
+        n: usize,
+        eff: Effective,
+        map: bool,
+    ) -> Result<*mut Page, Miss> {
         loop {
             {
                 let mut ph = self.lock(&self.pages);
@@ -361,6 +385,79 @@ impl<P: Platform> Core<P> {
         }
     }
 
+    /// With the exact-fit tier on: the room behind the header of the segment holding the span
+    /// `near` — if no metadata was carved there and it is not where metadata goes next (later
+    /// metadata then takes another segment's room, or a fresh segment's) — as an
+    /// exact-fit span described by slice 0's descriptor (unused otherwise): the segment is
+    /// pinned while that span lives, like a metadata segment. In a kernel's region of 4 MiB
+    /// segments that room is 1.4 % of the region. `None` if it is taken, or the accounting
+    /// refuses its pages.
+    ///
+    /// # Safety
+    /// `near` is a live span's descriptor.
+    pub(crate) unsafe fn header_span_take(
+        &self,
+        near: *mut Page,
+        eff: Effective,
+    ) -> Option<(*mut u8, usize)> {
+        let seg = segment_of_desc(near);
+        let ph = self.lock(&self.pages);
+        // SAFETY: a live segment (it holds `near`); page-heap fields and slice 0's descriptor
+        // under the lock; the room lies in the header slice behind the header.
+        unsafe {
+            if (*seg).meta_end != 0 || ph.meta == seg {
+                return None;
+            }
+            let start = meta_start(seg);
+            if !self.charge(SLICE_SIZE - header_bytes(P::PAGE_SIZE), eff) {
+                return None;
+            }
+            (*seg).meta_end = SLICE_SIZE;
+            let page = (&raw mut (*seg).pages).cast::<Page>();
+            let base = self.platform.ptr_from_addr(seg.addr() + start);
+            crate::track::unpoison(base, SLICE_SIZE - start);
+            ptr::write(page, Page::new());
+            (*page).start = base;
+            (*page).capacity = (SLICE_SIZE - start) as u32;
+            (*page).class = FIT_CLASS;
+            (*page).slices = 1;
+            *(&raw mut (*seg).slice_page).cast::<*mut Page>() = page;
+            Some((base, SLICE_SIZE - start))
+        }
+    }
+
+    /// Whether `page` is slice 0's descriptor: an exact-fit span behind the segment's header.
+    pub(crate) fn is_header_span(page: *mut Page) -> bool {
+        let seg = segment_of_desc(page);
+        // SAFETY: only the address of the descriptor array is taken.
+        page == unsafe { (&raw mut (*seg).pages).cast::<Page>() }
+    }
+
+    /// Gives back the span of [`header_span_take`](Self::header_span_take), now empty: the
+    /// segment is no longer pinned (and goes back if every slice is free).
+    ///
+    /// # Safety
+    /// `page` is a live header span with no block in use, on no list; nobody touches it again.
+    pub(crate) unsafe fn header_span_free(&self, page: *mut Page) {
+        let seg = segment_of_desc(page);
+        let unmap = {
+            let mut ph = self.lock(&self.pages);
+            // SAFETY: as in `header_span_take`.
+            unsafe {
+                *(&raw mut (*seg).slice_page).cast::<*mut Page>() = Page::empty();
+                (*page).block_size = 0;
+                (*page).class = 0;
+                (*seg).meta_end = 0;
+                ph.release_if_empty(seg)
+            }
+        };
+        self.uncharge(SLICE_SIZE - header_bytes(P::PAGE_SIZE));
+        if let Some((seg, dirty)) = unmap {
+            // SAFETY: the segment is empty and on no list; nobody can reach it.
+            unsafe { self.segment_unmap(seg, dirty) };
+        }
+    }
+
     /// Fills a fresh descriptor.
     ///
     /// # Safety
@@ -375,14 +472,20 @@ impl<P: Platform> Core<P> {
         class: usize,
         owner: *mut super::heap::Heap,
     ) {
-        let bs = class_size(class);
         let base = seg.addr() + idx * SLICE_SIZE;
         crate::track::unpoison(self.platform.ptr_from_addr(base), n * SLICE_SIZE);
         // SAFETY: the descriptor is ours until published; the span lies in the segment.
         unsafe {
             ptr::write(page, Page::new());
-            (*page).block_size = bs as u32;
-            (*page).capacity = ((n * SLICE_SIZE) / bs) as u32;
+            // An exact-fit span has no block size (its blocks carry theirs); its capacity is
+            // its length in bytes.
+            if class == FIT_CLASS as usize {
+                (*page).capacity = (n * SLICE_SIZE) as u32;
+            } else {
+                let bs = class_size(class);
+                (*page).block_size = bs as u32;
+                (*page).capacity = ((n * SLICE_SIZE) / bs) as u32;
+            }
             (*page).start = self.platform.ptr_from_addr(base);
             (*page).class = class as u8;
             (*page).slices = n as u8;
@@ -466,6 +569,7 @@ impl<P: Platform> Core<P> {
                     *map.add(i) = Page::empty();
                 }
                 (*page).block_size = 0;
+                (*page).class = 0;
                 let was_full = (*seg).free & ALL_SLICES == 0;
                 (*seg).free |= run;
                 ph.dirty += n * SLICE_SIZE;

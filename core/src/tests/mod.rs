@@ -674,6 +674,7 @@ fn fork_child_leaves_a_heap_caught_in_a_slow_path_alone() {
 mod atomic;
 mod bad_free;
 mod calls_out;
+mod fit;
 mod mempool;
 mod per_call;
 mod pressure;

@@ -22,7 +22,7 @@ pub(super) fn block() -> Layout {
 static KEPT: Mutex<Vec<&'static (dyn core::any::Any + Send + Sync)>> = Mutex::new(Vec::new());
 
 /// Leaks `value` and keeps it reachable from `KEPT`.
-fn keep<T: Send + Sync + 'static>(value: T) -> &'static T {
+pub(super) fn keep<T: Send + Sync + 'static>(value: T) -> &'static T {
     let kept: &'static T = Box::leak(Box::new(value));
     KEPT.lock().unwrap().push(kept);
     kept
