@@ -535,9 +535,14 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
+    /// 16 bytes, 16-byte aligned (`u128` is 8-byte aligned on s390x).
+    #[derive(Clone, Copy)]
+    #[repr(C, align(16))]
+    struct Granule([u8; 16]);
+
     /// A 16-byte aligned buffer for spans.
-    fn span(len: usize) -> Vec<u128> {
-        std::vec![0u128; len / 16]
+    fn span(len: usize) -> Vec<Granule> {
+        std::vec![Granule([0; 16]); len / 16]
     }
 
     #[test]
