@@ -797,8 +797,11 @@ impl<P: Platform> Core<P> {
             if unsafe { (*page).block_size == 0 && !Page::is_fit(page) } {
                 return Owner::Foreign(crate::slab::heap::NOT_IN_A_PAGE);
             }
-            // SAFETY: as above: a live page (the pointer is taken to be one of its blocks).
-            return Owner::Slab(unsafe { Self::slab_usable(page, ptr) });
+            // SAFETY: as above: a live page, and the pointer lies in it.
+            return match unsafe { Self::slab_usable(page, ptr) } {
+                0 => Owner::Foreign("not the start of a block of an exact-fit span"),
+                n => Owner::Slab(n),
+            };
         }
         match self.vmap_usable(ptr) {
             0 => Owner::Foreign("not a block ctxalloc handed out"),

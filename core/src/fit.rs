@@ -305,13 +305,24 @@ impl FitHeap {
         }
     }
 
-    /// Bytes the caller may use at `p`, a block in use.
+    /// Bytes the caller may use at `p`, if a block in use starts there as far as its header
+    /// tells; `None` for a free block or a header that does not fit the span `lo .. hi` (a
+    /// pointer into a block, or none ctxalloc handed out).
     ///
     /// # Safety
-    /// `p` is a block [`alloc`](Self::alloc) returned and not yet freed.
-    pub(crate) unsafe fn usable(p: *const u8) -> usize {
-        // SAFETY: a live block's header is in front of it.
-        unsafe { (head(p.sub(HEADER)) & !FLAGS) - HEADER }
+    /// `lo .. hi` is a live span given to this heap. Without the heap's lock the answer is
+    /// exact only for a block the caller owns (only its allocation and free write its header).
+    pub(crate) unsafe fn usable(p: *const u8, lo: usize, hi: usize) -> Option<usize> {
+        if !p.addr().is_multiple_of(GRANULE) || p.addr() < lo + 2 * HEADER || p.addr() >= hi {
+            return None;
+        }
+        // SAFETY: the header lies in the span (checked above).
+        let h = unsafe { head(p.sub(HEADER)) };
+        let size = h & !FLAGS;
+        if h & FREE != 0 || size < MIN_BLOCK || p.addr() - HEADER + size + HEADER > hi {
+            return None;
+        }
+        Some(size - HEADER)
     }
 
     /// Frees `p`, merging it with free neighbours. `lo .. hi` are the bounds of the span `p`
@@ -568,7 +579,8 @@ mod tests {
             let b = h.alloc(1000, 8);
             let c = h.alloc(17, 8);
             assert!(!a.is_null() && !b.is_null() && !c.is_null());
-            assert_eq!(FitHeap::usable(a), 104);
+            assert_eq!(FitHeap::usable(a, base.addr(), base.addr() + 4096), Some(104));
+            assert_eq!(FitHeap::usable(a.add(16), base.addr(), base.addr() + 4096), None, "inside a block");
             assert_eq!(h.validate_span(base, 4096), h.used());
             assert_eq!(h.used(), 112 + 1008 + 32);
             assert_eq!(h.free(b, base.addr(), base.addr() + 4096), Ok(Freed::Kept));
@@ -611,7 +623,7 @@ mod tests {
                 let p = h.alloc(100 + i * 40, align);
                 assert!(!p.is_null());
                 assert_eq!(p.addr() % align, 0, "align {align}");
-                assert!(FitHeap::usable(p) >= 100 + i * 40);
+                assert!(FitHeap::usable(p, base.addr(), base.addr() + len).unwrap() >= 100 + i * 40);
                 live.push(p);
                 h.validate_span(base, len);
             }

@@ -234,16 +234,18 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Bytes usable at `ptr`, a live block of the slab page `page` (of either kind).
+    /// Bytes usable at `ptr`, a block of the live slab page `page` (of either kind); 0 if
+    /// `page` is an exact-fit span and no block in use starts at `ptr`.
     ///
     /// # Safety
-    /// `ptr` is a live block of the live page `page`.
+    /// `page` is a live page and `ptr` lies in it.
     #[inline]
     pub(crate) unsafe fn slab_usable(page: *const Page, ptr: *const u8) -> usize {
         // SAFETY: per the contract.
         unsafe {
             if Page::is_fit(page) {
-                FitHeap::usable(ptr)
+                let lo = (*page).start.addr();
+                FitHeap::usable(ptr, lo, lo + (*page).capacity as usize).unwrap_or(0)
             } else {
                 (*page).block_size as usize
             }

@@ -140,6 +140,7 @@ fn a_bad_free_of_an_exact_fit_block_is_reported_and_changes_nothing() {
     // SAFETY: valid layouts; the bad frees below are the point: reported, not followed.
     unsafe {
         let (a, b) = (core.alloc(l), core.alloc(l));
+        assert_eq!(core.ksize(a.add(16)), 0, "no block starts inside one");
         core.kfree(a.add(16));
         core.kfree(a.add(8));
         assert_eq!(core.stats().bad_frees, 2);
