@@ -269,7 +269,7 @@ impl<P: Platform> Core<P> {
         unsafe { self.span_take(owner, class, class_slices(class), eff, map) }
     }
 
-    /// A fresh span of `n` slices (a power of two ≤ 8) for a page of `class` — a size class,
+    /// A fresh span of `n` slices (a power of two ≤ 32) for a page of `class` — a size class,
     /// or [`FIT_CLASS`](super::page::FIT_CLASS) for an exact-fit span (no owner) — as
     /// [`span_alloc`](Self::span_alloc).
     ///
