@@ -374,10 +374,12 @@ impl<P: Platform> Core<P> {
     /// As [`alloc_small_in`](Self::alloc_small_in).
     #[inline(never)]
     unsafe fn alloc_small_slow(&self, t: *const ThreadCtx, size: usize) -> *mut u8 {
-        if size > self.fit_above.load(Ordering::Relaxed) {
-            // SAFETY: a slab size; every exact-fit block is 16-byte aligned, all a small
-            // request asks.
-            let p = unsafe { self.fit_alloc(Layout::from_size_align_unchecked(size, 16), Gfp::KERNEL) };
+        // Every exact-fit block is 16-byte aligned, all a small request asks.
+        // SAFETY: 16 is a power of two and `size ≤ SMALL_MAX`.
+        let layout = unsafe { Layout::from_size_align_unchecked(size, 16) };
+        if self.fit_wanted(layout) {
+            // SAFETY: a slab size.
+            let p = unsafe { self.fit_alloc(layout, Gfp::KERNEL) };
             if !p.is_null() {
                 return p;
             }

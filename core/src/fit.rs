@@ -215,11 +215,6 @@ impl FitHeap {
         self.spans += len;
     }
 
-    /// Forgets a span that [`free`](Self::free) reported empty.
-    pub(crate) fn remove_span(&mut self, len: usize) {
-        self.spans -= len;
-    }
-
     /// If the span at `base` of `len` bytes is one free block, takes it off its list and
     /// forgets the span: the caller gives it back.
     ///
@@ -326,13 +321,16 @@ impl FitHeap {
     }
 
     /// Frees `p`, merging it with free neighbours. `lo .. hi` are the bounds of the span `p`
-    /// claims to be in: a pointer whose header disagrees with its neighbours', or that is free
-    /// already, is refused and nothing changes.
+    /// claims to be in: a pointer no block can start at, whose header disagrees with its
+    /// neighbours', or that is free already, is refused and nothing changes. A span found
+    /// empty is forgotten ([`Freed::SpanEmpty`]).
     ///
     /// # Safety
-    /// `lo .. hi` is a live span given to this heap and `p` lies in it, 16-byte aligned, at
-    /// least 16 bytes past `lo`.
+    /// `lo .. hi` is a live span given to this heap and `p` lies in it.
     pub(crate) unsafe fn free(&mut self, p: *mut u8, lo: usize, hi: usize) -> Result<Freed, BadFree> {
+        if !p.addr().is_multiple_of(GRANULE) || p.addr() < lo + 2 * HEADER {
+            return Err(BadFree::NotABlock);
+        }
         // SAFETY: every header is read only once the checks before keep it inside the span.
         unsafe {
             let mut b = p.sub(HEADER);
@@ -376,6 +374,7 @@ impl FitHeap {
             }
             mark_free(b, size, flags);
             if flags & FIRST != 0 && head(b.add(size)) & !FLAGS == 0 {
+                self.spans -= hi - lo;
                 return Ok(Freed::SpanEmpty(b.sub(HEADER)));
             }
             self.insert(b.cast(), size);
@@ -668,7 +667,6 @@ mod tests {
                     let s = span_of(p);
                     if let Freed::SpanEmpty(at) = h.free(p, s.addr(), s.addr() + LEN).unwrap() {
                         assert_eq!(at, s);
-                        h.remove_span(LEN);
                         h.add_span(s, LEN);
                         empty += 1;
                     }

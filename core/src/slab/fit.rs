@@ -29,7 +29,7 @@
 use super::page::{Page, FIT_CLASS};
 use super::remote::Block;
 use super::SLICE_SIZE;
-use crate::fit::{BadFree, FitHeap, Freed, GRANULE, HEADER};
+use crate::fit::{BadFree, FitHeap, Freed};
 use crate::gfp::Gfp;
 use crate::sync::Ordering;
 use crate::{Core, Platform};
@@ -41,6 +41,16 @@ use core::ptr;
 const FIT_SLICES: usize = 32;
 /// The largest alignment the tier serves; larger ones go to their size class.
 const FIT_MAX_ALIGN: usize = 4096;
+
+/// `p` (a block of at least `size` bytes, or null), cleared first if `call` asks for `ZERO`.
+#[inline]
+fn zeroed_if(p: *mut u8, size: usize, call: Gfp) -> *mut u8 {
+    if !p.is_null() && call.contains(Gfp::ZERO) {
+        // SAFETY: the block has at least `size` bytes.
+        unsafe { p.write_bytes(0, size) };
+    }
+    p
+}
 
 impl<P: Platform> Core<P> {
     /// Serves slab-sized requests of more than `above` bytes (`None`: none — the default) from
@@ -114,11 +124,7 @@ impl<P: Platform> Core<P> {
                 unsafe { self.fit_span_free_at(span.0) };
             }
         }
-        if !p.is_null() && call.contains(Gfp::ZERO) {
-            // SAFETY: the block has at least `size` bytes.
-            unsafe { p.write_bytes(0, size) };
-        }
-        p
+        zeroed_if(p, size, call)
     }
 
     /// The last resort of a slab request before a refusal, with the tier on: a block from the
@@ -130,14 +136,7 @@ impl<P: Platform> Core<P> {
         }
         // SAFETY: the spans the heap holds are live.
         let p = unsafe { self.lock(&self.fit).alloc(size, align) };
-        if p.is_null() {
-            return None;
-        }
-        if call.contains(Gfp::ZERO) {
-            // SAFETY: the block has at least `size` bytes.
-            unsafe { p.write_bytes(0, size) };
-        }
-        Some(p)
+        Some(zeroed_if(p, size, call)).filter(|p| !p.is_null())
     }
 
     /// A fresh span for the tier: the first free run of `FIT_SLICES` slices in the segments
@@ -179,17 +178,8 @@ impl<P: Platform> Core<P> {
         let p = block.cast::<u8>();
         // SAFETY: the descriptor of a live span.
         let (lo, len) = unsafe { ((*page).start.addr(), (*page).capacity as usize) };
-        let freed = if p.addr() % GRANULE != 0 || p.addr() < lo + 2 * HEADER {
-            Err(BadFree::NotABlock)
-        } else {
-            let mut fit = self.lock(&self.fit);
-            // SAFETY: the span is live and `p` lies in it, aligned, past its first header.
-            let r = unsafe { fit.free(p, lo, lo + len) };
-            if let Ok(Freed::SpanEmpty(_)) = r {
-                fit.remove_span(len);
-            }
-            r
-        };
+        // SAFETY: the span is live and `p` lies in it.
+        let freed = unsafe { self.lock(&self.fit).free(p, lo, lo + len) };
         match freed {
             Ok(Freed::Kept) => {}
             // SAFETY: every block of the span is free and the tier forgot it: nobody else
