@@ -143,14 +143,14 @@ fn bench(c: &mut Criterion) {
     println!("heap efficiency (most bytes live before the first refusal ÷ 64 MiB region, segment-aligned):");
     for name in NAMES {
         let e = with_region_allocator!(name, FillCpus, |a| efficiency(a));
-        println!("  {name:<20} {:.1} %", 100.0 * e);
+        println!("  {name:<20} {:.2} %", 100.0 * e);
     }
     let skewed = efficiency(kernel_at(SkewedCpus, SEGMENT_SIZE / 2));
-    println!("  ctxalloc-kernel, region off segment alignment by 2 MiB: {:.1} %", 100.0 * skewed);
+    println!("  ctxalloc-kernel, region off segment alignment by 2 MiB: {:.2} %", 100.0 * skewed);
     // Exact fit above 256 B: the workloads below (16–256 B) stay on the per-CPU slab.
     let k = kernel(Fit256Cpus);
     k.core().set_exact_fit(Some(256));
-    println!("  ctxalloc-kernel, exact fit above 256 B: {:.1} %", 100.0 * efficiency(k));
+    println!("  ctxalloc-kernel, exact fit above 256 B: {:.2} %", 100.0 * efficiency(k));
 
     // Mixed small sizes, random lifetimes: a random live block freed, one of a random size
     // allocated — the heap fragments as a kernel's does.

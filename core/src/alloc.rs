@@ -379,10 +379,13 @@ impl<P: Platform> Core<P> {
         let layout = unsafe { Layout::from_size_align_unchecked(size, 16) };
         if self.fit_wanted(layout) {
             // SAFETY: a slab size.
-            let p = unsafe { self.fit_alloc(layout, Gfp::KERNEL) };
+            let p = unsafe { self.fit_alloc(t, layout, Gfp::KERNEL) };
             if !p.is_null() {
                 return p;
             }
+        } else {
+            // SAFETY: the calling thread's heap (or the empty one, whose table is never written).
+            unsafe { self.fit_unpoint(t, size) };
         }
         // SAFETY: forwarded.
         unsafe { self.alloc_slow(t, small_class(size), size, Gfp::KERNEL) }
@@ -490,7 +493,7 @@ impl<P: Platform> Core<P> {
             if crate::hardened::is_link(block, raw) {
                 return self.slab_free_suspect(page, block);
             }
-            self.free_slow(page, block);
+            self.free_slow(t, page, block);
         }
     }
 
@@ -532,7 +535,7 @@ impl<P: Platform> Core<P> {
         unsafe {
             if Page::is_fit(page) {
                 // Its blocks' headers tell a double free for sure.
-                return self.fit_free(page, block);
+                return self.fit_free(self.platform.thread_if_any(), page, block);
             }
             let own = (*page).owner.load(Ordering::Relaxed) == (*self.platform.thread()).heap.get();
             if !own || self.on_free_lists(page, block) {
@@ -567,7 +570,7 @@ impl<P: Platform> Core<P> {
             Some(class) => {
                 if self.fit_wanted(layout) {
                     // SAFETY: a slab-sized layout.
-                    let p = unsafe { self.fit_alloc(layout, call) };
+                    let p = unsafe { self.fit_alloc(self.platform.thread_if_any(), layout, call) };
                     if !p.is_null() {
                         return p;
                     }
@@ -1274,6 +1277,7 @@ impl<P: Platform> Core<P> {
             unsafe {
                 let next = (*h).all_next;
                 if (*h).live && h != me && h != orphan && !(*h).busy.load(Ordering::Acquire) {
+                    self.fit_quick_forget(h);
                     self.heap_abandon(h);
                     self.heap_release(h);
                 }

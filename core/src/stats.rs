@@ -129,6 +129,10 @@ pub struct Stats {
     pub exact_fit_bytes: usize,
     /// Bytes of those spans in blocks handed out, headers included.
     pub exact_fit_used: usize,
+    /// Bytes of those spans in freed blocks kept for the next request of their size, headers
+    /// included: in the depot and on the calling thread's (CPU's) quick lists. Another thread's
+    /// lists — under 76 KiB each — count as in use.
+    pub exact_fit_cached: usize,
     /// Allocations made inside `FORBID` scopes (feature `forbid-alloc`).
     pub forbidden_allocs: u64,
     /// Allocations failed by fault injection (feature `fault-injection`).
@@ -221,7 +225,7 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fail = |c: Cause| self.failures(c);
-        let rows: [(&str, &dyn fmt::Display); 39] = [
+        let rows: [(&str, &dyn fmt::Display); 40] = [
             ("usage", &Bytes(self.usage as u64)),
             ("peak usage", &Bytes(self.peak as u64)),
             ("limit", &Limit(self.limit)),
@@ -250,6 +254,7 @@ impl fmt::Display for Stats {
             ("served by a larger class", &self.larger_class_allocs),
             ("exact-fit spans", &Bytes(self.exact_fit_bytes as u64)),
             ("exact-fit in use", &Bytes(self.exact_fit_used as u64)),
+            ("exact-fit cached", &Bytes(self.exact_fit_cached as u64)),
             ("failed allocations", &self.alloc_failures),
             ("  too large", &fail(Cause::TooLarge)),
             ("  no reclaim allowed", &fail(Cause::NoReclaim)),
@@ -320,9 +325,12 @@ impl<P: Platform> Core<P> {
             (pool.live, pool.vacant_count)
         };
         let limit_origin = *self.lock(&self.limit_origin);
+        let exact_fit_cached = self.fit_cached();
         let (exact_fit_bytes, exact_fit_used) = {
             let fit = self.lock(&self.fit);
-            (fit.span_bytes(), fit.used())
+            // Blocks waiting in the depot or on quick lists are in use as far as the tier knows;
+            // another thread's lists (under 76 KiB each) are counted as in use.
+            (fit.span_bytes(), fit.used().saturating_sub(exact_fit_cached))
         };
         let pc = &r.pressure_counters;
         Stats {
@@ -359,6 +367,7 @@ impl<P: Platform> Core<P> {
             larger_class_allocs: c.larger_class_allocs.load(Ordering::Relaxed) as u64,
             exact_fit_bytes,
             exact_fit_used,
+            exact_fit_cached,
             forbidden_allocs: self.debug.forbidden.load(Ordering::Relaxed) as u64,
             injected_failures: self.debug.injected.load(Ordering::Relaxed) as u64,
             lockcheck_reports: self.debug.lock_reports.load(Ordering::Relaxed) as u64,

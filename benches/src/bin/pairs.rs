@@ -81,12 +81,39 @@ unsafe impl GlobalAlloc for Unsized {
     }
 }
 
+ctxalloc_tests::host_platform!(KernelCpus);
+ctxalloc_tests::host_platform!(KernelFitCpus);
+
+/// The kernel shim (threads as CPUs) over a leaked region of 64 MiB, with its exact-fit tier
+/// serving every size if `fit` (its small blocks then come and go through the CPU's quick lists).
+fn kernel<P: ctxalloc_kernel::Platform + 'static>(
+    p: P,
+    fit: bool,
+) -> &'static Called<ctxalloc_kernel::KernelAlloc<P>> {
+    const REGION: usize = 64 << 20;
+    let l = Layout::from_size_align(REGION, ctxalloc_kernel::SEGMENT_SIZE).unwrap();
+    // SAFETY: a non-zero layout; the region is leaked, ours for ever.
+    let k = unsafe {
+        let base = std::alloc::alloc_zeroed(l);
+        assert!(!base.is_null());
+        let k = Box::leak(Box::new(Called(ctxalloc_kernel::KernelAlloc::new(p))));
+        k.0.init(base, REGION);
+        k
+    };
+    k.0.core().remove_limit();
+    if fit {
+        k.0.core().set_exact_fit(Some(0));
+    }
+    k
+}
+
 /// `n` alloc+free pairs of 32 bytes (64 live) through one allocator, for callgrind
 /// (`benches/callgrind.sh` runs it with N and 2N and divides the difference by N).
 #[derive(clap::Parser, Debug)]
 #[command(name = "pairs")]
 struct Args {
-    /// ctxalloc, ctxalloc-kfree, mimalloc, jemalloc, system, floor, or scopes (save+restore pairs)
+    /// ctxalloc, ctxalloc-kfree, kernel, kernel-fit, mimalloc, jemalloc, system, floor, or
+    /// scopes (save+restore pairs)
     #[arg(default_value = "ctxalloc")]
     which: String,
     /// Pairs to run
@@ -111,6 +138,14 @@ fn main() {
     }
     if which == "floor" {
         run(&Called(Floor), n);
+        return;
+    }
+    if which == "kernel" {
+        run(kernel(KernelCpus, false), n);
+        return;
+    }
+    if which == "kernel-fit" {
+        run(kernel(KernelFitCpus, true), n);
         return;
     }
     if which == "ctxalloc-kfree" {

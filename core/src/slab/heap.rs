@@ -10,11 +10,12 @@
 //! `owner` with a heap pointer after that heap's thread is gone, and a recycled heap gets a new
 //! thread, never a different type.
 
-use super::page::{Page, PageQueue};
+use super::page::{Page, PageQueue, QuickList};
 use super::remote::{Block, Push};
 use super::segment::Miss;
 use super::MAX_VACANT;
 use super::SLICE_SIZE;
+use crate::fit::QUICK_CLASSES;
 use crate::gfp::{Effective, Gfp};
 use crate::platform::{ThreadCtx, ThreadState};
 use crate::reclaim::{Attempt, Cause, Step};
@@ -33,6 +34,11 @@ pub struct Heap {
     /// The page each class allocates from: the head of `queues[class]`, or the empty page.
     /// With `small`, the fast path's only read of the heap. Owner only.
     pub(crate) direct: [*mut Page; NUM_CLASSES],
+    /// Quick lists: freed exact-fit blocks waiting for a request of their size, one per quick
+    /// size, each laid out as a page's head so that `small` can point the fast path at it (see
+    /// `slab::fit`; not the last field: a page's extent from any of them stays in the heap).
+    /// Owner only.
+    pub(crate) quick: [QuickList; QUICK_CLASSES],
     /// Pages that may have free blocks, per class.
     pub(crate) queues: [PageQueue; NUM_CLASSES],
     /// Pages found full, per class; scanned for frees before a fresh page is taken.
@@ -119,6 +125,7 @@ impl Heap {
         Heap {
             small: [(&raw const super::page::EMPTY_PAGE.0).cast_mut(); SMALL_GRANULES],
             direct: [(&raw const super::page::EMPTY_PAGE.0).cast_mut(); NUM_CLASSES],
+            quick: [QuickList::EMPTY; QUICK_CLASSES],
             queues: [PageQueue::EMPTY; NUM_CLASSES],
             full: [PageQueue::EMPTY; NUM_CLASSES],
             _pool_line: [],
@@ -196,6 +203,27 @@ impl Heap {
     unsafe fn full<'a>(heap: *mut Heap, class: usize) -> &'a mut PageQueue {
         // SAFETY: per the contract.
         unsafe { &mut *(&raw mut (*heap).full).cast::<PageQueue>().add(class) }
+    }
+
+    /// The heap's quick list `class`.
+    ///
+    /// # Safety
+    /// `heap` is live or the empty heap; `class ≤ QUICK_CLASSES` (the end, to compare with).
+    #[inline(always)]
+    pub(super) unsafe fn quick(heap: *mut Heap, class: usize) -> *mut QuickList {
+        // SAFETY: per the contract.
+        unsafe { (&raw mut (*heap).quick).cast::<QuickList>().add(class) }
+    }
+
+    /// Points the fast path's entry for small `size` at `page`.
+    ///
+    /// # Safety
+    /// `heap` is live and owned by the caller; `size ≤ SMALL_MAX`; `page` is one of its pages
+    /// for blocks of at least `size` bytes (or the empty page).
+    #[inline]
+    pub(super) unsafe fn set_small(heap: *mut Heap, size: usize, page: *mut Page) {
+        // SAFETY: per the contract.
+        unsafe { *(&raw mut (*heap).small).cast::<*mut Page>().add((size + 7) >> 3) = page }
     }
 
     /// Makes `page`, which has a free block and is on no list, the class's current page: the
@@ -567,30 +595,46 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Frees a block of a page the calling thread does not own: a lock-free push onto the page's
-    /// remote list, or — if the page's thread has exited — the abandoned-page path.
+    /// Frees a block of a page the calling thread `t` does not own: into the exact-fit tier for
+    /// a block of an exact-fit span, else a lock-free push onto the page's remote list, or — if
+    /// the page's thread has exited — the abandoned-page path. Only the dispatch is here, so
+    /// that each path saves the registers it needs itself.
     ///
     /// # Safety
     /// `block` is a live block of `page`, and `page` is not owned by the calling thread's heap;
-    /// or `page` is the empty page or a given-back descriptor (the free is reported).
+    /// or `page` is the empty page or a given-back descriptor (the free is reported). `t` is
+    /// the calling thread's context or [`ThreadCtx::none()`].
     #[inline(never)]
-    pub(crate) unsafe fn free_slow(&self, page: *mut Page, block: *mut Block) {
-        // SAFETY: the caller's block keeps the page live until it is pushed or freed; the
-        // platform hands out the calling thread's context.
+    pub(crate) unsafe fn free_slow(&self, t: *const ThreadCtx, page: *mut Page, block: *mut Block) {
+        // SAFETY: the caller's block keeps the page live until it is pushed or freed.
         unsafe {
+            if Page::is_fit(page) {
+                return self.fit_free(t, page, block);
+            }
             if page == Page::empty() {
                 // A slice of no live page: what a free without a size may be given (a stale
                 // pointer whose page went back), reported like any pointer ctxalloc does not
                 // hold.
                 return self.bad_free(block.cast(), None, NOT_IN_A_PAGE);
             }
-            if Page::is_fit(page) {
-                return self.fit_free(page, block);
-            }
             if (*page).block_size == 0 {
                 // The page was given back: every block of it was freed already.
                 return self.bad_slab_free(block.cast(), "its page holds no live block (freed twice?)");
             }
+            self.free_remote(page, block)
+        }
+    }
+
+    /// [`free_slow`](Self::free_slow) into a live slab page of another heap.
+    ///
+    /// # Safety
+    /// `block` is a live block of the live slab page `page`, which the calling thread's heap
+    /// does not own.
+    #[inline(never)]
+    unsafe fn free_remote(&self, page: *mut Page, block: *mut Block) {
+        // SAFETY: the caller's block keeps the page live until it is pushed or freed; the
+        // platform hands out the calling thread's context.
+        unsafe {
             // Read before the push: after it, the page may be collected and given back.
             let owner = (*page).owner.load(Ordering::Relaxed);
             let class = (*page).class as usize;
@@ -693,8 +737,9 @@ impl<P: Platform> Core<P> {
     }
 
     /// Gives up every page of a heap whose thread is exiting (or, after `fork`, no longer
-    /// exists): empty pages go back to the page heap, the others to the abandoned lists, where
-    /// the next free into them or the next allocation of their class adopts them.
+    /// exists): its quick lists' blocks go back to the exact-fit tier, empty pages to the page
+    /// heap, the others to the abandoned lists, where the next free into them or the next
+    /// allocation of their class adopts them.
     ///
     /// # Safety
     /// The caller owns `heap` and no thread will use it until it is acquired again.
@@ -703,6 +748,8 @@ impl<P: Platform> Core<P> {
         // that sees a page's abandoned bit finds the page on its list once it gets the lock.
         // Empty pages are collected and given back after it: giving back may call out (unmap,
         // a background-thread start), which no lock is held across.
+        // SAFETY: the caller's heap.
+        unsafe { self.fit_quick_flush(heap) };
         let mut empty = PageQueue::EMPTY;
         {
             let mut ab = self.lock(&self.abandoned);
@@ -777,13 +824,15 @@ impl<P: Platform> Core<P> {
         None
     }
 
-    /// Gives back the calling thread's pages that hold no live block (kept only to avoid
-    /// churn): part of [`Core::trim`].
+    /// Gives back the calling thread's pages that hold no live block and the exact-fit blocks
+    /// of its quick lists (kept only to avoid churn): part of [`Core::trim`].
     ///
     /// # Safety
     /// `heap` is the caller's live heap.
     pub(crate) unsafe fn heap_trim(&self, heap: *mut Heap) {
         // SAFETY: the caller's live heap.
+        unsafe { self.fit_quick_flush(heap) };
+        // SAFETY: as above.
         let _busy = unsafe { Busy::enter(heap) };
         for class in 0..NUM_CLASSES {
             // SAFETY: the caller owns the heap and its pages.
@@ -807,13 +856,15 @@ impl<P: Platform> Core<P> {
         unsafe { (*heap).retired = 0 };
     }
 
-    /// Readies an exiting thread's heap for vacancy: every page takes its remote list, and the
-    /// pages that hold no live block go back — except the page each class allocates from (the
-    /// next thread's warm start).
+    /// Readies an exiting thread's heap for vacancy: its quick lists' blocks go back to the
+    /// exact-fit tier, every page takes its remote list, and the pages that hold no live block
+    /// go back — except the page each class allocates from (the next thread's warm start).
     ///
     /// # Safety
     /// The caller owns `heap`.
     unsafe fn heap_tidy(&self, heap: *mut Heap) {
+        // SAFETY: the caller's heap.
+        unsafe { self.fit_quick_flush(heap) };
         for class in 0..NUM_CLASSES {
             // SAFETY: the caller owns the heap and its pages. Each list's head is read through
             // a reference that ends at once: freeing a page edits the lists.
@@ -845,10 +896,25 @@ impl<P: Platform> Core<P> {
             Some(h) => h,
             None => self.heap_acquire(self.effective_of(call, t))?,
         };
+        Ok(self.thread_attached(t, heap))
+    }
+
+    /// [`thread_attach`](Self::thread_attach) if a heap can be had at once: no reclaim, no
+    /// report, `None` if the heap cannot be charged or mapped.
+    pub(crate) fn thread_attach_now(&self, t: &ThreadCtx, call: Gfp) -> Option<*mut Heap> {
+        let heap = match self.heap_take_vacant() {
+            Some(h) => h,
+            None => self.heap_take(self.effective_of(call, t)).ok()?,
+        };
+        Some(self.thread_attached(t, heap))
+    }
+
+    /// Makes `heap`, just taken, the calling thread's.
+    fn thread_attached(&self, t: &ThreadCtx, heap: *mut Heap) -> *mut Heap {
         t.heap.set(heap);
         t.state.set(ThreadState::Active as u8);
         self.out("thread_attached").thread_attached();
-        Ok(heap)
+        heap
     }
 
     /// Slab allocation for a thread that has exited (from a thread-local destructor that runs

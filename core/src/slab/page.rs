@@ -66,6 +66,50 @@ pub struct Page {
 pub(crate) const FIT_CLASS: u8 = u8::MAX;
 const _: () = assert!(crate::size_class::NUM_CLASSES < FIT_CLASS as usize);
 
+/// A quick list of exact-fit blocks (`Heap::quick`, see `slab::fit`): a [`Page`]'s first two
+/// fields — the only ones the allocation fast path reads — at the same offsets, and nothing
+/// else, so that a heap's `small` table can point the fast path at it as at a page
+/// ([`as_page`](Self::as_page)). Owned by its heap's thread.
+#[repr(C)]
+pub(crate) struct QuickList {
+    /// The blocks, linked as a page's free list links them.
+    pub(crate) free: *mut Block,
+    /// [`QUICK_EMPTY`] minus the number of blocks on the list: a push counts it down, the fast
+    /// path's pop (which counts a page's blocks in use up) counts it up.
+    pub(crate) used: u32,
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(Page, free) == core::mem::offset_of!(QuickList, free)
+        && core::mem::offset_of!(Page, used) == core::mem::offset_of!(QuickList, used)
+);
+
+/// `QuickList::used` of an empty list (any value above a list's longest length would do).
+pub(crate) const QUICK_EMPTY: u32 = 1 << 16;
+
+impl QuickList {
+    /// An empty list.
+    pub(crate) const EMPTY: QuickList = QuickList { free: ptr::null_mut(), used: QUICK_EMPTY };
+
+    /// Blocks on the list.
+    ///
+    /// # Safety
+    /// `list` is live and owned by the caller.
+    #[inline]
+    pub(crate) unsafe fn len(list: *const QuickList) -> u32 {
+        // SAFETY: per the contract.
+        unsafe { QUICK_EMPTY - (*list).used }
+    }
+
+    /// `list` as the page the fast path pops: only `free` and `used` are ever read or written
+    /// through it. The list must not be a heap's last field, so that the page's extent stays
+    /// inside the heap.
+    #[inline(always)]
+    pub(crate) fn as_page(list: *mut QuickList) -> *mut Page {
+        list.cast()
+    }
+}
+
 /// A `Page` that may live in a `static`.
 #[repr(transparent)]
 pub(crate) struct StaticPage(pub(crate) Page);

@@ -65,34 +65,125 @@ fn exact_fit_packs_a_region_as_tightly_as_a_list_allocator() {
 
 #[test]
 fn exact_fit_blocks_keep_their_contents_through_every_entry_point() {
-    let core = new_core(if MIRI { 16 } else { 64 });
-    core.set_exact_fit(Some(1024));
-    let mut m = Model::new(&core);
-    let mut rng = Rng(11);
-    let steps = if MIRI { 150 } else { 20_000 };
-    for _ in 0..steps {
-        let pick = rng.next() as usize;
-        match rng.below(8) {
-            0..=2 => {
-                let size = 1 + rng.below(9000) as usize;
-                let flags = if rng.below(4) == 0 { Gfp::ZERO } else { Gfp::KERNEL };
-                m.alloc(size, 8 << rng.below(6), flags);
+    // Above 1 KiB (the spans' free lists alone), and every size (small blocks through the quick
+    // lists too).
+    for (above, max) in [(1024, 9000), (0, 600)] {
+        let core = new_core(if MIRI { 16 } else { 64 });
+        core.set_exact_fit(Some(above));
+        let mut m = Model::new(&core);
+        let mut rng = Rng(11);
+        let steps = if MIRI { 150 } else { 20_000 };
+        for _ in 0..steps {
+            let pick = rng.next() as usize;
+            match rng.below(8) {
+                0..=2 => {
+                    let size = 1 + rng.below(max) as usize;
+                    let flags = if rng.below(4) == 0 { Gfp::ZERO } else { Gfp::KERNEL };
+                    m.alloc(size, 8 << rng.below(6), flags);
+                }
+                3 => m.free(pick),
+                4 => m.kfree(pick),
+                5 => {
+                    m.realloc(pick, 1 + rng.below(max) as usize);
+                }
+                6 => {
+                    m.krealloc(pick, 1 + rng.below(max) as usize);
+                }
+                _ => m.check_all(),
             }
-            3 => m.free(pick),
-            4 => m.kfree(pick),
-            5 => {
-                m.realloc(pick, 1 + rng.below(9000) as usize);
-            }
-            6 => {
-                m.krealloc(pick, 1 + rng.below(9000) as usize);
-            }
-            _ => m.check_all(),
+        }
+        assert!(core.stats().exact_fit_bytes > 0, "the tier served some: {}", core.stats());
+        m.free_all();
+        assert_eq!(core.stats().exact_fit_used, 0);
+        assert_eq!(core.stats().bad_frees, 0);
+        assert_all_returned(&core);
+        assert_eq!(core.stats().exact_fit_cached, 0, "trim empties the calling heap's quick lists");
+    }
+}
+
+// `hardened` builds have no quick lists (their free-list check wants one segment per list).
+#[cfg(not(feature = "hardened"))]
+#[test]
+fn a_small_exact_fit_block_waits_on_its_heaps_quick_list_for_its_size() {
+    let core = new_core(16);
+    core.set_exact_fit(Some(0));
+    let l = Layout::from_size_align(100, 8).unwrap();
+    // SAFETY: valid layouts; every block freed once.
+    unsafe {
+        let a = core.alloc(l);
+        assert_eq!(core.ksize(a), 104);
+        core.dealloc(a, l);
+        let s = core.stats();
+        assert_eq!((s.exact_fit_used, s.exact_fit_cached), (0, 112), "{s}");
+        let b = core.alloc(Layout::from_size_align(97, 16).unwrap());
+        assert_eq!(b, a, "a request of the same block size takes it back");
+        core.dealloc(b, l);
+        // A list keeps at most QUICK_DEPTH (32) blocks; a full one parks its older half, a
+        // magazine of 16, in the depot, where another thread's empty list of the size finds it.
+        let many: Vec<usize> = (0..200).map(|_| core.alloc(l).addr()).collect();
+        for &a in &many {
+            core.dealloc(core.platform().ptr_from_addr(a), l);
+        }
+        let s = core.stats();
+        assert_eq!(s.exact_fit_cached, 200 * 112, "{s}");
+        assert_eq!(s.exact_fit_used, 0, "{s}");
+        let other: Vec<usize> = thread::scope(|sc| {
+            sc.spawn(|| {
+                let got: Vec<usize> = (0..160).map(|_| core.alloc(l).addr()).collect();
+                for &a in &got {
+                    core.dealloc(core.platform().ptr_from_addr(a), l);
+                }
+                core.thread_exit();
+                got
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(other.iter().all(|a| many.contains(a)), "the parked magazines served the other thread");
+        let s = core.stats();
+        assert!(s.exact_fit_cached < 200 * 112, "its lists went back when it exited: {s}");
+        assert_eq!(s.exact_fit_used, 0, "{s}");
+    }
+    assert_all_returned(&core);
+    assert_eq!(core.stats().exact_fit_cached, 0);
+}
+
+#[cfg(not(feature = "hardened"))]
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "fills a region with 80-byte blocks; the model test runs the quick lists under miri"
+)]
+fn before_a_refusal_the_quick_lists_blocks_merge_again() {
+    // The region full of 80-byte blocks; 31 neighbours freed onto the quick list (one short of
+    // a full list): only their merged space holds a 2 KiB request.
+    let core = new_core(8);
+    core.set_exact_fit(Some(0));
+    let small = Layout::from_size_align(64, 8).unwrap();
+    let mut live = Vec::new();
+    while let Ok(p) = core.alloc_with(small, Gfp::NOWARN) {
+        live.push(p.as_ptr());
+    }
+    live.sort();
+    let run = live.windows(31).position(|w| w.windows(2).all(|p| p[1].addr() - p[0].addr() == 80));
+    let at = run.expect("31 neighbours");
+    // SAFETY: live blocks of `small`, each freed once.
+    unsafe {
+        for p in live.drain(at..at + 31) {
+            core.dealloc(p, small);
         }
     }
-    assert!(core.stats().exact_fit_bytes > 0, "the tier served some: {}", core.stats());
-    m.free_all();
-    assert_eq!(core.stats().exact_fit_used, 0);
-    assert_eq!(core.stats().bad_frees, 0);
+    assert_eq!(core.stats().exact_fit_cached, 31 * 80);
+    let big = Layout::from_size_align(2000, 8).unwrap();
+    let p = core.alloc_with(big, Gfp::NOWARN).expect("the freed neighbours, merged");
+    assert_eq!(core.stats().exact_fit_cached, 0);
+    // SAFETY: as above.
+    unsafe {
+        core.dealloc(p.as_ptr(), big);
+        for p in live {
+            core.dealloc(p, small);
+        }
+    }
     assert_all_returned(&core);
 }
 
@@ -121,13 +212,30 @@ fn exact_fit_sizes_are_their_own() {
         // SAFETY: a live block of `l`.
         unsafe { core.dealloc(p, l) };
     }
-    core.set_exact_fit(None);
-    let l = Layout::from_size_align(2100, 8).unwrap();
+    // A small size the tier serves: the fast path pops the heap's quick list for it (refilled
+    // by a free); with the tier off again and the list given back (a trim), the size class
+    // serves it.
+    core.set_exact_fit(Some(0));
+    let small = Layout::from_size_align(100, 8).unwrap();
     // SAFETY: a valid layout.
-    let p = unsafe { core.alloc(l) };
-    assert_eq!(core.ksize(p), 2304, "off again: the size class");
-    // SAFETY: as above.
-    unsafe { core.dealloc(p, l) };
+    unsafe {
+        let p = core.alloc(small);
+        assert_eq!(core.ksize(p), 104);
+        core.dealloc(p, small);
+        let q = core.alloc(small);
+        assert_eq!(core.ksize(q), 104);
+        core.dealloc(q, small);
+    }
+    core.set_exact_fit(None);
+    core.trim();
+    for (size, align, class) in [(2100, 8, 2304), (100, 8, 112)] {
+        let l = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: a valid layout.
+        let p = unsafe { core.alloc(l) };
+        assert_eq!(core.ksize(p), class, "off again: the size class");
+        // SAFETY: as above.
+        unsafe { core.dealloc(p, l) };
+    }
     assert_all_returned(&core);
 }
 
@@ -176,39 +284,44 @@ fn hardened_a_double_free_of_an_exact_fit_block_aborts() {
 
 #[test]
 fn exact_fit_blocks_freed_by_other_threads_come_back() {
-    let core = new_core(32);
-    core.set_exact_fit(Some(1024));
-    let n = if MIRI { 10 } else { 2000 };
-    let (tx, rx) = mpsc::channel::<Vec<usize>>();
-    thread::scope(|s| {
-        s.spawn(|| {
-            for batch in rx {
-                for a in batch {
-                    let p = core.platform().ptr_from_addr(a);
-                    // SAFETY: a live block handed over.
-                    unsafe { core.kfree(p) };
+    // Large blocks (into the spans' free lists) and small ones (onto the freeing thread's quick
+    // lists, given back when it exits).
+    for (above, lo, spread) in [(1024, 1025, 3000), (0, 1, 264)] {
+        let core = new_core(32);
+        core.set_exact_fit(Some(above));
+        let n = if MIRI { 10 } else { 2000 };
+        let (tx, rx) = mpsc::channel::<Vec<usize>>();
+        thread::scope(|s| {
+            s.spawn(|| {
+                for batch in rx {
+                    for a in batch {
+                        let p = core.platform().ptr_from_addr(a);
+                        // SAFETY: a live block handed over.
+                        unsafe { core.kfree(p) };
+                    }
                 }
+                core.thread_exit();
+            });
+            let mut rng = Rng(3);
+            for _ in 0..4 {
+                let batch: Vec<usize> = (0..n)
+                    .map(|_| {
+                        let l = Layout::from_size_align(lo + rng.below(spread) as usize, 8).unwrap();
+                        // SAFETY: a valid layout.
+                        let p = unsafe { core.alloc(l) };
+                        assert!(!p.is_null());
+                        p.addr()
+                    })
+                    .collect();
+                tx.send(batch).unwrap();
             }
-            core.thread_exit();
+            drop(tx);
         });
-        let mut rng = Rng(3);
-        for _ in 0..4 {
-            let batch: Vec<usize> = (0..n)
-                .map(|_| {
-                    let l = Layout::from_size_align(1025 + rng.below(3000) as usize, 8).unwrap();
-                    // SAFETY: a valid layout.
-                    let p = unsafe { core.alloc(l) };
-                    assert!(!p.is_null());
-                    p.addr()
-                })
-                .collect();
-            tx.send(batch).unwrap();
-        }
-        drop(tx);
-    });
-    assert_eq!(core.stats().exact_fit_used, 0);
-    assert_eq!(core.stats().bad_frees, 0);
-    assert_all_returned(&core);
+        let s = core.stats();
+        assert_eq!((s.exact_fit_used, s.exact_fit_cached), (0, 0), "{s}");
+        assert_eq!(s.bad_frees, 0);
+        assert_all_returned(&core);
+    }
 }
 
 /// Exact-fit blocks a shrinker frees.

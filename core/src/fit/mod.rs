@@ -20,7 +20,13 @@
 //! `next(b) = b + size(b)`; `size(b) ≥ MIN_BLOCK`, `size(b) ≡ 0 (mod 16)`, `b ≡ 8 (mod 16)`;
 //! `PREV_FREE(next(b)) ⇔ FREE(b)`; `FREE(b) ⇒ footer(b) = size(b)`; no two neighbours are both
 //! free; `FREE(b)` ⇔ `b` is on the list of bin `bin_of(size(b))`; `FIRST(b)` ⇔ `b` starts the
-//! span; `used = Σ size(b)` over the blocks in use.
+//! span; `used = Σ size(b)` over the blocks in use (a block on a quick list or in the depot is in
+//! use for the heap).
+//!
+//! Quick lists sit in front of the heap, one set per slab heap (per CPU in a kernel): a small
+//! block freed waits there, still in use as far as the heap knows, for the next request of its
+//! size on the same heap — no lock, no merge, no search. [`quick`] has their sizes and the
+//! [depot](quick::Depot) where full halves of them wait for any heap.
 //!
 //! Search. Bins are 16 B apart below 512 B, then eight per doubling (as the size classes are);
 //! a bitmap finds the first non-empty bin at or above a size. A request looks at a few blocks
@@ -28,6 +34,11 @@
 //! good fit of TLSF, made exact within a bin — and splits off the rest.
 
 use core::ptr;
+
+pub(crate) mod quick;
+
+use quick::Depot;
+pub(crate) use quick::{MAGAZINE, QUICK_CLASSES, QUICK_DEPTH};
 
 /// Granule of every block size and of the caller's addresses.
 pub(crate) const GRANULE: usize = 16;
@@ -76,6 +87,9 @@ pub(crate) struct FitHeap {
     used: usize,
     /// Bytes of the spans held.
     spans: usize,
+    /// Magazines of quick-list blocks parked for any heap (blocks in use as far as the lists
+    /// and `used` go).
+    depot: Depot,
 }
 
 // SAFETY: the heap holds only pointers into the spans it was given; it moves between threads
@@ -171,7 +185,7 @@ unsafe fn mark_free(b: *mut u8, size: usize, flags: usize) {
 impl FitHeap {
     /// No span, no block.
     pub(crate) const fn new() -> Self {
-        FitHeap { bins: [ptr::null_mut(); BINS], map: [0; BINS / 64], used: 0, spans: 0 }
+        FitHeap { bins: [ptr::null_mut(); BINS], map: [0; BINS / 64], used: 0, spans: 0, depot: Depot::new() }
     }
 
     /// Bytes of the blocks in use, headers included.
@@ -308,16 +322,31 @@ impl FitHeap {
     /// `lo .. hi` is a live span given to this heap. Without the heap's lock the answer is
     /// exact only for a block the caller owns (only its allocation and free write its header).
     pub(crate) unsafe fn usable(p: *const u8, lo: usize, hi: usize) -> Option<usize> {
+        // SAFETY: forwarded.
+        unsafe { Self::own_size(p, lo, hi) }.ok().map(|size| size - HEADER)
+    }
+
+    /// The size of the block in use at `p` (header included) as far as its own header tells
+    /// (no neighbour is read): `Twice` for a free block, `NotABlock` for a header that does not
+    /// fit the span `lo .. hi`.
+    ///
+    /// # Safety
+    /// As [`usable`](Self::usable).
+    #[inline]
+    pub(crate) unsafe fn own_size(p: *const u8, lo: usize, hi: usize) -> Result<usize, BadFree> {
         if !p.addr().is_multiple_of(GRANULE) || p.addr() < lo + 2 * HEADER || p.addr() >= hi {
-            return None;
+            return Err(BadFree::NotABlock);
         }
         // SAFETY: the header lies in the span (checked above).
         let h = unsafe { head(p.sub(HEADER)) };
         let size = h & !FLAGS;
-        if h & FREE != 0 || size < MIN_BLOCK || p.addr() - HEADER + size + HEADER > hi {
-            return None;
+        if h & FREE != 0 {
+            return Err(BadFree::Twice);
         }
-        Some(size - HEADER)
+        if size < MIN_BLOCK || p.addr() - HEADER + size + HEADER > hi {
+            return Err(BadFree::NotABlock);
+        }
+        Ok(size)
     }
 
     /// Frees `p`, merging it with free neighbours. `lo .. hi` are the bounds of the span `p`
@@ -548,10 +577,10 @@ mod tests {
     /// 16 bytes, 16-byte aligned (`u128` is 8-byte aligned on s390x).
     #[derive(Clone, Copy)]
     #[repr(C, align(16))]
-    struct Granule([u8; 16]);
+    pub(in crate::fit) struct Granule([u8; 16]);
 
     /// A 16-byte aligned buffer for spans.
-    fn span(len: usize) -> Vec<Granule> {
+    pub(in crate::fit) fn span(len: usize) -> Vec<Granule> {
         std::vec![Granule([0; 16]); len / 16]
     }
 
