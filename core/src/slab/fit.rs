@@ -50,7 +50,7 @@
 //! threads without reading them (their blocks stay in use: memory, not corruption).
 
 use super::heap::{pop, Heap};
-use super::page::{Page, QuickList, FIT_CLASS, QUICK_EMPTY};
+use super::page::{Page, QuickList, FIT_CLASS};
 use super::remote::Block;
 use super::SLICE_SIZE;
 use crate::fit::quick::{block_of, class_of, class_of_block, usable_of};
@@ -163,23 +163,23 @@ impl<P: Platform> Core<P> {
         let mut p = {
             let mut fit = self.lock(&self.fit);
             let mag = match quick {
-                Some(class) if heap != Heap::empty() => fit.depot_take(class),
-                _ => ptr::null_mut(),
+                Some(class) if heap != Heap::empty() => Some((class, fit.depot_take(class))),
+                _ => None,
             };
-            if mag.is_null() {
+            match mag {
+                Some((class, mag)) if !mag.is_null() => {
+                    drop(fit);
+                    // SAFETY: the calling thread's live heap, whose list of the class is empty
+                    // (the test above found it so); a magazine of that class, ours now.
+                    return unsafe {
+                        let list = Heap::quick(heap, class);
+                        QuickList::fill(list, mag.cast(), MAGAZINE);
+                        pop(self, QuickList::as_page(list), size, zero)
+                    };
+                }
                 // SAFETY: the spans the heap holds are live (a span leaves it before it goes
                 // back).
-                unsafe { fit.alloc(size, align) }
-            } else {
-                drop(fit);
-                // SAFETY: the calling thread's live heap, whose list of the class is empty (the
-                // test above found it so); a magazine of that class, ours now.
-                return unsafe {
-                    let list = Heap::quick(heap, quick.unwrap_or_default());
-                    (*list).free = mag.cast();
-                    (*list).used = QUICK_EMPTY - MAGAZINE;
-                    pop(self, QuickList::as_page(list), size, zero)
-                };
+                _ => unsafe { fit.alloc(size, align) },
             }
         };
         if p.is_null() {
@@ -283,13 +283,10 @@ impl<P: Platform> Core<P> {
         for class in 0..QUICK_CLASSES {
             // SAFETY: per the contract, the heap's lists are ours.
             unsafe {
-                let list = Heap::quick(heap, class);
-                let chain = (*list).free;
+                let chain = QuickList::take(Heap::quick(heap, class));
                 if chain.is_null() {
                     continue;
                 }
-                (*list).free = ptr::null_mut();
-                (*list).used = QUICK_EMPTY;
                 let fit = fit.get_or_insert_with(|| self.lock(&self.fit));
                 freed.free(self, fit, chain.cast());
             }
@@ -327,11 +324,7 @@ impl<P: Platform> Core<P> {
     pub(crate) unsafe fn fit_quick_forget(&self, heap: *mut Heap) {
         for class in 0..QUICK_CLASSES {
             // SAFETY: per the contract.
-            unsafe {
-                let list = Heap::quick(heap, class);
-                (*list).free = ptr::null_mut();
-                (*list).used = QUICK_EMPTY;
-            }
+            unsafe { QuickList::take(Heap::quick(heap, class)) };
         }
     }
 

@@ -183,7 +183,7 @@ impl Heap {
             if hi < SMALL_GRANULES {
                 let lo = if class == 0 { 0 } else { class_size(class - 1) / 8 + 1 };
                 for g in lo..=hi {
-                    *(&raw mut (*heap).small).cast::<*mut Page>().add(g) = page;
+                    Heap::set_small(heap, g * 8, page);
                 }
             }
         }

@@ -101,6 +101,26 @@ impl QuickList {
         unsafe { QUICK_EMPTY - (*list).used }
     }
 
+    /// Empties `list`; its blocks, as a chain linked through their first words (null if none).
+    ///
+    /// # Safety
+    /// `list` is live and owned by the caller.
+    #[inline]
+    pub(crate) unsafe fn take(list: *mut QuickList) -> *mut Block {
+        // SAFETY: per the contract.
+        unsafe { core::mem::replace(&mut *list, QuickList::EMPTY).free }
+    }
+
+    /// Makes the empty `list` hold `chain`, `len` blocks linked through their first words.
+    ///
+    /// # Safety
+    /// `list` is live, empty and owned by the caller; `chain` is `len` blocks of its size, ours.
+    #[inline]
+    pub(crate) unsafe fn fill(list: *mut QuickList, chain: *mut Block, len: u32) {
+        // SAFETY: per the contract.
+        unsafe { *list = QuickList { free: chain, used: QUICK_EMPTY - len } }
+    }
+
     /// `list` as the page the fast path pops: only `free` and `used` are ever read or written
     /// through it. The list must not be a heap's last field, so that the page's extent stays
     /// inside the heap.
