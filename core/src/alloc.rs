@@ -349,6 +349,35 @@ impl<P: Platform> Core<P> {
         self.alloc_hooked(size, Gfp::KERNEL, || unsafe { self.alloc_small_in(t, size) })
     }
 
+    /// The fast path of [`alloc`](Self::alloc) for a small size at the minimum alignment, and
+    /// nothing else: a block of at least `size` bytes from the calling thread's list for the
+    /// size, or null — the list is empty, `size` is above `SMALL_MAX`, or a debugging hook is
+    /// armed — with nothing done. For a caller with a slow path of its own behind it (the C
+    /// library's `malloc`, whose slow path also sets `errno`, so that both paths end in a tail
+    /// call); the block is freed as one of `Layout::from_size_align(size, MIN_ALIGN)`.
+    #[inline(always)]
+    pub fn alloc_cached(&self, size: usize) -> *mut u8 {
+        if size > SMALL_MAX {
+            return ptr::null_mut();
+        }
+        let t = self.platform.thread_if_any();
+        self.check_entry(t, "alloc");
+        #[cfg(feature = "hooks")]
+        // SAFETY: the platform hands out the calling thread's context.
+        if unsafe { (*t).scope.armed() } != 0 {
+            return ptr::null_mut();
+        }
+        // SAFETY: as in `alloc_small_in`: a live heap or the empty heap, whose pages never have
+        // a free block; a small size.
+        unsafe {
+            let page = Heap::direct_small((*t).heap.get(), size);
+            if (*page).free.is_null() {
+                return ptr::null_mut();
+            }
+            pop(self, page, size, false)
+        }
+    }
+
     /// [`alloc_small`](Self::alloc_small) for the calling thread's context `t`.
     ///
     /// # Safety

@@ -20,9 +20,9 @@
 //! ([`ctxalloc::kfree`]). Environment: `CTXALLOC_LIMIT` (also `auto` and `80%`, from the
 //! cgroup), `CTXALLOC_PRESSURE`, `CTXALLOC_CGROUP_ROOT`, `CTXALLOC_BACKGROUND` and
 //! `CTXALLOC_BACKGROUND_IDLE` as for Rust programs, and `CTXALLOC_PRELOAD_LOG=<file>`: at exit,
-//! each process appends one line with its pid, the calls it made into this library and its
-//! statistics — the proof that interposition happened (CI checks it for git, python3, sqlite3
-//! and gcc).
+//! each process appends one line with its pid, the calls into this library that left its
+//! inline fast paths (every thread's first allocation of each size does) and its statistics —
+//! the proof that interposition happened (CI checks it for git, python3, sqlite3 and gcc).
 //!
 //! Modules: `malloc` (the C allocator), `cxx` (C++'s operators), `api` (the `ctxalloc_*`
 //! functions), `log` (the interposition log). No function here unwinds: a panic aborts (`extern "C"`).

@@ -28,7 +28,9 @@ pub(crate) fn set_errno(e: i32) {
 }
 
 /// Allocates `size` bytes at `align` (a power of two), zeroed if asked; null and `ENOMEM` if
-/// the layout is impossible or no memory can be had.
+/// the layout is impossible or no memory can be had. Out of line: `malloc`'s slow path, which
+/// it jumps to.
+#[inline(never)]
 fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
     let p = alloc_raw(size, align, zero);
     if p.is_null() {
@@ -37,7 +39,8 @@ fn alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
     p
 }
 
-/// [`alloc`] without `errno`. Out of line: `malloc` inlines its own fast path.
+/// [`alloc`] without `errno`. Out of line: `malloc` inlines its own fast path. Counted for the
+/// log: every call that leaves the inline fast paths comes through here.
 #[inline(never)]
 fn alloc_raw(size: usize, align: usize, zero: bool) -> *mut c_void {
     count();
@@ -54,29 +57,26 @@ fn alloc_raw(size: usize, align: usize, zero: bool) -> *mut c_void {
     }
 }
 
-/// `malloc`'s allocation of `size` bytes at `align` (a power of two), without `errno`: a block
-/// or null. The small sizes inline; one compare — the core's own test of the same bound folds
-/// into it.
+/// `operator new`'s allocation of `size` bytes at `align` (a power of two), without `errno`:
+/// a block or null. The small sizes at the minimum alignment inline their fast path.
 #[inline(always)]
 pub(crate) fn alloc_block(size: usize, align: usize) -> *mut c_void {
-    if size > ctxalloc::SMALL_MAX || align > MALLOC_ALIGN {
-        return alloc_raw(size, align, false);
+    if align <= MALLOC_ALIGN {
+        if let Some(p) = ctxalloc::alloc_cached(size) {
+            return p.as_ptr().cast();
+        }
     }
-    count();
-    // SAFETY: a small size at a power-of-two alignment.
-    let layout = unsafe { Layout::from_size_align_unchecked(size, MALLOC_ALIGN) };
-    // SAFETY: any layout is accepted.
-    unsafe { ALLOC.alloc(layout).cast() }
+    alloc_raw(size, align, false)
 }
 
-/// `malloc(3)`.
+/// `malloc(3)`: the fast path inline, and a jump to the slow path (which sets `errno`) — no
+/// frame on either.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    let p = alloc_block(size, MALLOC_ALIGN);
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
+    if let Some(p) = ctxalloc::alloc_cached(size) {
+        return p.as_ptr().cast();
     }
-    p
+    alloc(size, MALLOC_ALIGN, false)
 }
 
 /// `calloc(3)`: null and `ENOMEM` if `n * size` overflows. Fresh memory is not cleared twice.
@@ -97,7 +97,6 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// `p` is null or a live block from this allocator, given up.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    count();
     // SAFETY: forwarded contract (foreign pointers are detected, not followed).
     unsafe { ctxalloc::kfree(p.cast()) }
 }

@@ -86,7 +86,8 @@ fn the_c_api_and_the_malloc_family_under_ld_preload() {
         "{stderr}"
     );
 
-    // Interposition happened: the process logged its calls.
+    // Interposition happened: the process logged its calls off the fast paths — at least the
+    // 110 reallocs to a non-zero size of `malloc_family` (11 sizes × 10), each of which counts.
     let line = std::fs::read_to_string(&log).expect("the interposition log");
     let calls: u64 = line
         .split_whitespace()
@@ -94,7 +95,7 @@ fn the_c_api_and_the_malloc_family_under_ld_preload() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(calls > 100_000, "{line}");
+    assert!(calls >= 110 && line.contains("slow-path calls"), "{line}");
     assert!(line.contains("bad-frees 1"), "{line}");
 }
 

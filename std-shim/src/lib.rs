@@ -328,6 +328,29 @@ pub unsafe fn kfree(ptr: *mut u8) {
     unsafe { CORE.kfree(ptr) }
 }
 
+/// The allocation fast path alone: a block of at least `size` bytes (at most [`SMALL_MAX`],
+/// aligned to [`MIN_ALIGN`], to 16 above [`TINY_MAX`]) if the calling thread has one ready on
+/// its list for the size, else `None` with nothing done — no new page, no reclaim, no report.
+/// For a wrapper with a slow path of its own (the C library's `malloc`: both of its paths then
+/// end in a tail call). The block is an allocation of `Layout::from_size_align(size,
+/// MIN_ALIGN)`.
+///
+/// ```
+/// use std::alloc::{GlobalAlloc, Layout};
+/// let l = Layout::from_size_align(24, ctxalloc::MIN_ALIGN).unwrap();
+/// let a = ctxalloc::CtxAlloc::new();
+/// // SAFETY: a non-zero layout; the block is freed with it.
+/// unsafe { a.dealloc(a.alloc(l), l) };
+/// let p = ctxalloc::alloc_cached(24).expect("the block just freed waits on this thread's list");
+/// // SAFETY: a block of `l`.
+/// unsafe { a.dealloc(p.as_ptr(), l) };
+/// assert!(ctxalloc::alloc_cached(ctxalloc::SMALL_MAX + 1).is_none());
+/// ```
+#[inline(always)]
+pub fn alloc_cached(size: usize) -> Option<NonNull<u8>> {
+    NonNull::new(CORE.alloc_cached(size))
+}
+
 /// Bytes usable at `ptr` without its layout — the kernel's `ksize`, C's
 /// `malloc_usable_size`; 0 for null or a pointer ctxalloc never handed out.
 ///

@@ -3,7 +3,7 @@
 //! and pointers ctxalloc never handed out are reported, not followed.
 
 use super::*;
-use crate::size_class::MIN_ALIGN;
+use crate::size_class::{MIN_ALIGN, SMALL_MAX};
 
 /// C's `malloc`: `krealloc` of null.
 fn kmalloc(core: &Core<MockPlatform>, n: usize) -> *mut u8 {
@@ -126,5 +126,41 @@ fn kfree_into_a_segment_slice_of_no_page_is_reported_and_writes_nothing() {
     assert_eq!(core.ksize(p), 0);
     // SAFETY: the live block, given up.
     unsafe { core.kfree(live) };
+    assert_all_returned(&core);
+}
+
+/// `alloc_cached` (C's `malloc` fast path, whose own slow path sets `errno`): a block the
+/// thread has ready, else null with nothing done.
+#[test]
+fn alloc_cached_takes_only_a_block_the_thread_has_ready() {
+    let core = new_core(16);
+    // A thread that has allocated nothing has nothing ready: null, and no page was made.
+    assert!(core.alloc_cached(24).is_null());
+    assert_eq!(core.stats().slab_pages, 0);
+    let l = Layout::from_size_align(24, MIN_ALIGN).unwrap();
+    // SAFETY: a valid layout; the block is freed with it.
+    let p = unsafe { core.alloc(l) };
+    // SAFETY: the live block of `l`.
+    unsafe { core.dealloc(p, l) };
+    // The block just freed is on top of the list for its size.
+    let q = core.alloc_cached(24);
+    assert_eq!(q, p);
+    assert!(core.ksize(q) >= 24);
+    // Beyond the fast path's sizes: null, whatever the thread has.
+    assert!(core.alloc_cached(SMALL_MAX + 1).is_null());
+    // SAFETY: a block of `l`.
+    unsafe { core.dealloc(q, l) };
+    // With a debugging hook armed, the block waits for the caller's slow path, which runs it.
+    #[cfg(feature = "fault-injection")]
+    {
+        let saved = core.fault_inject(crate::FaultConfig { fail_nth: 1, ..crate::FaultConfig::DEFAULT });
+        assert!(core.alloc_cached(24).is_null());
+        assert!(core.alloc_with(l, Gfp::NOWARN).is_err());
+        assert_eq!(core.fault_injected(), 1);
+        core.fault_restore(saved);
+        assert_eq!(core.alloc_cached(24), p);
+        // SAFETY: a block of `l`.
+        unsafe { core.dealloc(p, l) };
+    }
     assert_all_returned(&core);
 }
