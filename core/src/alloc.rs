@@ -872,8 +872,8 @@ impl<P: Platform> Core<P> {
             // SAFETY: forwarded.
             return unsafe { self.kfree_slow(ptr) };
         }
-        // The fast path: a block of a segment in the segment map's inline leaf (one compare,
-        // one load), then what `dealloc` does — a slice of no live page maps to the empty page,
+        // The fast path: a block of a segment recorded by its tag in the segment map (a shift, a
+        // mask, a load and a compare), then what `dealloc` does — a slice of no live page maps to the empty page,
         // which no heap owns: its free leaves for `free_slow`, which reports it. Everything
         // else — null, a large area, a pointer ctxalloc never handed out — leaves for the slow
         // path.

@@ -18,11 +18,11 @@ use core::cell::UnsafeCell;
 #[cfg(not(all(loom, test)))]
 use core::ops::{Deref, DerefMut};
 
-/// An array of `N` atomic words or bytes kept in *one* `UnsafeCell`: every access goes through
-/// an atomic made from a pointer to its element (`AtomicU8::from_ptr`…), and nothing else
+/// An array of `N` atomic words kept in *one* `UnsafeCell`: every access goes through an atomic
+/// made from a pointer to its element (`AtomicUsize::from_ptr`…), and nothing else
 /// reads or writes the array. Equivalent to `[AtomicU8; N]`, except under miri, whose Stacked
 /// Borrows retag of every `&Core` walks each `UnsafeCell` of the structure: the segment map's
-/// 34 816 atomics made each method call on the core cost as much.
+/// 10 240 atomics made each method call on the core cost as much.
 #[cfg(not(all(loom, test)))]
 #[repr(transparent)]
 pub(crate) struct Atomics<T, const N: usize>(UnsafeCell<[T; N]>);
@@ -36,7 +36,7 @@ unsafe impl<T, const N: usize> Sync for Atomics<T, N> {}
 unsafe impl<T, const N: usize> Send for Atomics<T, N> {}
 
 #[cfg(not(all(loom, test)))]
-impl<const N: usize> Atomics<u8, N> {
+impl<const N: usize> Atomics<usize, N> {
     /// All zero.
     pub(crate) const fn zeroed() -> Self {
         Atomics(UnsafeCell::new([0; N]))
@@ -44,11 +44,12 @@ impl<const N: usize> Atomics<u8, N> {
 
     /// Element `i`. Panics if out of bounds.
     #[inline(always)]
-    pub(crate) fn at(&self, i: usize) -> &core::sync::atomic::AtomicU8 {
+    pub(crate) fn at(&self, i: usize) -> &AtomicUsize {
         assert!(i < N);
-        // SAFETY: in bounds; a `u8` has an `AtomicU8`'s size and alignment; the array is only
-        // accessed through such atomics, for as long as `self` is borrowed.
-        unsafe { core::sync::atomic::AtomicU8::from_ptr(self.0.get().cast::<u8>().add(i)) }
+        // SAFETY: in bounds; a `usize` has an `AtomicUsize`'s size and alignment (on every
+        // target with `AtomicUsize`); the array is only accessed through such atomics, for as
+        // long as `self` is borrowed.
+        unsafe { AtomicUsize::from_ptr(self.0.get().cast::<usize>().add(i)) }
     }
 }
 
