@@ -69,6 +69,19 @@ static void malloc_family(void) {
     free(z);
     CHECK("calloc-zeroes-reused-memory", zero, "a byte was not zero");
 
+    /* Small blocks: the block just freed is the one calloc pops (its inline path), dirty. */
+    int small_zero = 1, reused = 0;
+    for (size_t n = 1; n <= 1024; n += n < 64 ? 1 : 37) {
+        unsigned char *d = malloc(n);
+        memset(d, 0xcd, n);
+        free(d);
+        unsigned char *c = calloc(1, n);
+        reused += c == d;
+        for (size_t i = 0; c && i < n; i++) small_zero &= c[i] == 0;
+        free(c);
+    }
+    CHECK("calloc-zeroes-small-reused-blocks", small_zero && reused > 0, "zero %d reused %d", small_zero, reused);
+
     errno = 0;
     void *o = calloc(huge / 2, 4);
     CHECK("calloc-overflow", o == NULL && errno == ENOMEM, "%p errno %d", o, errno);
