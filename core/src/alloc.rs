@@ -873,10 +873,10 @@ impl<P: Platform> Core<P> {
             return unsafe { self.kfree_slow(ptr) };
         }
         // The fast path: a block of a segment recorded by its tag in the segment map (a shift, a
-        // mask, a load and a compare), then what `dealloc` does — a slice of no live page maps to the empty page,
-        // which no heap owns: its free leaves for `free_slow`, which reports it. Everything
-        // else — null, a large area, a pointer ctxalloc never handed out — leaves for the slow
-        // path.
+        // mask, a load and a compare), then what `dealloc` does — a slice of no live page maps
+        // to the empty page, which no heap owns: its free leaves for `free_slow`, which reports
+        // it. Everything else — null, a large area, a pointer ctxalloc never handed out, a
+        // segment recorded in a leaf — leaves for the slow path.
         let addr = ptr.addr();
         if self.segmap.contains_fast(addr) {
             // SAFETY: the segment is live, so its header is mapped; the pointer is a block the

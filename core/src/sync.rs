@@ -20,7 +20,7 @@ use core::ops::{Deref, DerefMut};
 
 /// An array of `N` atomic words kept in *one* `UnsafeCell`: every access goes through an atomic
 /// made from a pointer to its element (`AtomicUsize::from_ptr`…), and nothing else
-/// reads or writes the array. Equivalent to `[AtomicU8; N]`, except under miri, whose Stacked
+/// reads or writes the array. Equivalent to `[AtomicUsize; N]`, except under miri, whose Stacked
 /// Borrows retag of every `&Core` walks each `UnsafeCell` of the structure: the segment map's
 /// 10 240 atomics made each method call on the core cost as much.
 #[cfg(not(all(loom, test)))]

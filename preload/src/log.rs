@@ -10,8 +10,8 @@
 //! calls > 0 proves the program's allocations reached ctxalloc. The fast paths (`malloc`'s and
 //! `operator new`'s pop, every `free`) count nothing: a test of the flag there cost every call
 //! three instructions of about twenty. Without the variable nothing is counted (one load of a
-//! read-mostly flag per slow call). Everything here is
-//! written with `write(2)` from stack buffers: it runs inside `exit`, after stdio may be gone.
+//! read-mostly flag per slow call). Everything here is written with `write(2)` from stack
+//! buffers: it runs inside `exit`, after stdio may be gone.
 //!
 //! Threads: `COUNTING` is written once by the library's constructor, before `main`; `CALLS` is
 //! incremented by every thread (Relaxed: a count, ordered with nothing) and read at exit.
